@@ -1,0 +1,35 @@
+# relaygate — the two set-up commands are `make serve` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+
+.PHONY: serve test lint typecheck venv dev-venv clean bench
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+venv: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+
+dev-venv: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+
+serve: venv
+	$(BIN)/relaygate serve --host $(HOST) --port $(PORT)
+
+lint: dev-venv
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/python tools/check_provider_names.py
+
+typecheck: dev-venv
+	$(BIN)/mypy --strict src
+
+test: lint typecheck
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

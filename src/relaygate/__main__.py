@@ -1,0 +1,5 @@
+"""python -m relaygate"""
+
+from relaygate.cli.main import main
+
+main()

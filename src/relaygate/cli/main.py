@@ -1,0 +1,164 @@
+"""`relaygate` commands (SPEC §10). Each command imports what it needs when it runs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from relaygate.errors import ConfigError
+
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="relaygate: a self-hosted LLM API gateway."
+)
+config_app = typer.Typer(no_args_is_help=True, help="Inspect the configuration.")
+keys_app = typer.Typer(no_args_is_help=True, help="Issue, list and revoke client keys.")
+upstream_app = typer.Typer(no_args_is_help=True, help="Upstream provider keys.")
+app.add_typer(config_app, name="config")
+app.add_typer(keys_app, name="keys")
+app.add_typer(upstream_app, name="upstream")
+
+ConfigOpt = Annotated[str | None, typer.Option("--config", "-c", help="YAML config file.")]
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(message, err=True)
+    return typer.Exit(code)
+
+
+def _load(path: str | None, overrides: dict[str, Any] | None = None) -> Any:
+    from relaygate.config.load import load_config
+
+    try:
+        return load_config(path, overrides=overrides)
+    except ConfigError as exc:
+        raise _fail(f"config error: {exc}") from None
+
+
+def _serve(
+    host: str | None,
+    port: int | None,
+    workers: int | None,
+    reload: bool,
+    log_level: str | None,
+    config: str | None,
+) -> None:
+    server: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "workers": workers,
+        "log_level": log_level,
+        "reload": reload or None,
+    }
+    cfg = _load(config, {"server": {k: v for k, v in server.items() if v is not None}})
+    if cfg.server.workers > 1 and not cfg.redis_url:
+        raise _fail(
+            "--workers > 1 needs shared state: set REDIS_URL (SPEC §11), or run one worker."
+        )
+    import uvicorn
+
+    from relaygate._logging import setup_logging
+    from relaygate.gateway import Gateway
+    from relaygate.http.app import create_app
+
+    try:
+        gw = Gateway(cfg)
+    except ConfigError as exc:
+        raise _fail(f"config error: {exc}") from None
+    setup_logging(cfg.server.log_level, json=cfg.server.log_json, redactor=gw.redact)
+    application = create_app(gateway=gw)
+    uvicorn.run(
+        application,
+        host=cfg.server.host,
+        port=cfg.server.port,
+        log_level=cfg.server.log_level.lower(),
+        access_log=False,
+        lifespan="on",
+        loop="auto",
+        http="auto",
+        log_config=None,
+        timeout_graceful_shutdown=10,
+    )
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default $PORT or 8000).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (> 1 needs Redis).")] = None,
+    reload: Annotated[bool, typer.Option(help="Reload on code changes (development).")] = False,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Start the gateway (OpenAI-compatible HTTP server)."""
+    _serve(host, port, workers, reload, log_level, config)
+
+
+@app.command("run-server", hidden=False)
+def run_server(
+    host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
+    reload: Annotated[bool, typer.Option(help="Reload on code changes.")] = False,
+    log_level: Annotated[str | None, typer.Option(help="Log level.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Alias of `serve`."""
+    _serve(host, port, workers, reload, log_level, config)
+
+
+@app.command()
+def call(
+    prompt: Annotated[str, typer.Argument(help="What to ask.")],
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model or alias.")] = None,
+    system: Annotated[str | None, typer.Option("--system", "-s", help="System prompt.")] = None,
+    temperature: Annotated[float | None, typer.Option("--temperature", "-t")] = None,
+    max_tok: Annotated[int | None, typer.Option("--max-tok", help="Max completion tokens.")] = None,
+    key: Annotated[
+        str | None, typer.Option("--key", "-k", help="Client key ($RELAYGATE_API_KEY).")
+    ] = None,
+    server: Annotated[str, typer.Option("--server", help="Gateway URL ($RELAYGATE_URL).")] = "",
+) -> None:
+    """Send PROMPT to a running gateway and stream the answer to the terminal."""
+    from relaygate.cli.call import run_call
+
+    key = key or os.environ.get("RELAYGATE_API_KEY") or os.environ.get("PROXY_API_KEY")
+    url = server or os.environ.get("RELAYGATE_URL") or "http://127.0.0.1:8000"
+    code = run_call(
+        url, key, prompt, model=model, system=system, temperature=temperature, max_tokens=max_tok
+    )
+    raise typer.Exit(code)
+
+
+@app.command("generate-key")
+def generate_key_cmd(
+    length: Annotated[int, typer.Option(help="Characters after the prefix.")] = 43,
+    prefix: Annotated[str, typer.Option(help="Key prefix.")] = "rg-",
+) -> None:
+    """Print a new random client key (not stored; put it in PROXY_API_KEY or the keys file)."""
+    from relaygate.auth.clients import generate_key
+
+    if length < 16:
+        raise _fail("--length must be at least 16")
+    typer.echo(generate_key(prefix, length))
+
+
+@config_app.command("check")
+def config_check(config: ConfigOpt = None) -> None:
+    """Validate the configuration and print what it resolves to (key ids only)."""
+    from relaygate.cli.tables import print_config
+
+    cfg = _load(config)
+    try:
+        print_config(cfg)
+    except ConfigError as exc:
+        raise _fail(f"config error: {exc}") from None
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,149 @@
+"""The typed configuration tree (SPEC §2): validated once at start-up, read-only afterwards."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+CsvList = Annotated[list[str], BeforeValidator(_split_csv)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class KeyLimits(_Model):
+    """Proactive per-key limits: a key is skipped before the provider has to refuse it."""
+
+    rpm: int | None = Field(default=None, ge=1)
+    rpd: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+
+
+class KeySpec(_Model):
+    """One upstream key with an optional label (the label becomes its key id)."""
+
+    key: str = Field(min_length=1)
+    label: str | None = None
+
+
+def _keys(value: Any) -> Any:
+    value = _split_csv(value)
+    if isinstance(value, list):
+        return [{"key": item} if isinstance(item, str) else item for item in value]
+    return value
+
+
+class ProviderConfig(_Model):
+    type: str | None = None
+    base_url: str | None = None
+    keys: Annotated[list[KeySpec], BeforeValidator(_keys)] = Field(default_factory=list)
+    key_strategy: Literal["round_robin", "least_used"] = "least_used"
+    key_limits: KeyLimits = Field(default_factory=KeyLimits)
+    models: CsvList = Field(default_factory=list)
+    default_model: str | None = None
+    timeout_s: float = Field(default=600.0, gt=0)
+    stream_idle_timeout_s: float = Field(default=300.0, gt=0)
+    headers: dict[str, str] = Field(default_factory=dict)
+    enabled: bool = True
+
+
+class RoutingConfig(_Model):
+    priority: CsvList = Field(default_factory=list)
+    default_models: dict[str, str] = Field(default_factory=dict)
+    aliases: dict[str, str] = Field(default_factory=dict)
+    groups: dict[str, list[str]] = Field(default_factory=dict)
+
+
+class RetryConfig(_Model):
+    """The attempt loop's bounds: a per-request deadline and a retry budget."""
+
+    max_attempts: int = Field(default=4, ge=1, le=50)
+    deadline_s: float = Field(default=900.0, gt=0)
+    backoff_base_s: float = Field(default=0.2, ge=0)
+    backoff_max_s: float = Field(default=4.0, ge=0)
+    default_cooldown_s: float = Field(default=60.0, gt=0)
+    failure_threshold: int = Field(default=3, ge=1)
+    failure_cooldown_s: float = Field(default=30.0, gt=0)
+    failure_cooldown_max_s: float = Field(default=600.0, gt=0)
+    exhausted_default_s: float = Field(default=3600.0, gt=0)
+    pool_throttle_window_s: float = Field(default=10.0, gt=0)
+
+
+class ClientConfig(_Model):
+    name: str = Field(min_length=1)
+    key: str = Field(min_length=8)
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+    monthly_budget_usd: float | None = Field(default=None, ge=0)
+    models: CsvList | None = None
+
+
+class AuthConfig(_Model):
+    key_prefix: str = "rg-"
+    key_length: int = Field(default=43, ge=16, le=256)
+
+
+class CacheConfig(_Model):
+    enabled: bool = False
+    ttl_s: float = Field(default=900.0, gt=0)
+    max_entries: int = Field(default=10000, ge=1)
+
+
+class PriceConfig(_Model):
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+    cached_input_per_mtok: float | None = Field(default=None, ge=0)
+
+
+class ServerConfig(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1)
+    reload: bool = False
+    log_level: str = "info"
+    log_json: bool = False
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    max_audio_body_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
+
+
+class Config(_Model):
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    retries: RetryConfig = Field(default_factory=RetryConfig)
+    clients: list[ClientConfig] = Field(default_factory=list)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    pricing: dict[str, PriceConfig] = Field(default_factory=dict)
+    reports: dict[str, Any] = Field(default_factory=dict)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    database_url: str = "sqlite:///relaygate-data/relaygate.db"
+    redis_url: str | None = None
+    admin_secret: str | None = None
+    client_key_rotation: Literal["weekly"] | None = None
+    keys_file: str | None = None
+    source: str = Field(default="defaults", exclude=True)
+
+    @field_validator("providers")
+    @classmethod
+    def _names(cls, value: dict[str, ProviderConfig]) -> dict[str, ProviderConfig]:
+        for name in value:
+            if not name or "/" in name or ":" in name:
+                raise ValueError(f"provider name {name!r} may not contain '/' or ':'")
+        return value
+
+    def secrets(self) -> list[str]:
+        """Every secret this config holds, for the redaction helper."""
+        found = [spec.key for p in self.providers.values() for spec in p.keys]
+        found += [c.key for c in self.clients]
+        if self.admin_secret:
+            found.append(self.admin_secret)
+        return [s for s in found if s]

@@ -1,0 +1,90 @@
+"""Helpers every route uses: bounded body reading, client and admin auth, JSON answers."""
+
+from __future__ import annotations
+
+import hmac
+import uuid
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from relaygate.auth.clients import ClientInfo, extract_key
+from relaygate.errors import AdminForbidden, InvalidRequest, PayloadTooLarge, Unauthorized
+from relaygate.gateway import Gateway
+
+
+def gateway(request: Request) -> Gateway:
+    gw: Gateway = request.app.state.gateway
+    return gw
+
+
+def request_id(request: Request) -> str:
+    rid = getattr(request.state, "request_id", None)
+    if rid is None:
+        rid = f"req_{uuid.uuid4().hex}"
+        request.state.request_id = rid
+    return str(rid)
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(data), status_code=status, headers=headers, media_type="application/json"
+    )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise PayloadTooLarge(limit)
+        except ValueError:
+            raise InvalidRequest("Content-Length is not a number.") from None
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(limit)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def read_json(request: Request, limit: int) -> tuple[dict[str, Any], int]:
+    raw = await read_body(request, limit)
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    return body, len(raw)
+
+
+def require_client(request: Request) -> ClientInfo:
+    client = gateway(request).clients.authenticate(extract_key(request.headers))
+    if client is None:
+        raise Unauthorized()
+    request.state.client = client
+    return client
+
+
+def is_admin(request: Request) -> bool:
+    secret = gateway(request).config.admin_secret
+    if not secret:
+        return False
+    presented = request.headers.get("admin-secret")
+    if presented is None:
+        auth = request.headers.get("authorization", "")
+        scheme, _, value = auth.partition(" ")
+        presented = value.strip() if scheme.lower() == "bearer" else None
+    if not presented:
+        return False
+    return hmac.compare_digest(presented.encode(), secret.encode())
+
+
+def require_admin(request: Request) -> None:
+    if not is_admin(request):
+        raise AdminForbidden()

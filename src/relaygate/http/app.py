@@ -1,0 +1,110 @@
+"""The app factory: routes, error mapping (SPEC §8) and a lifespan that starts and closes the
+Gateway. Errors leave as JSON in one shape; tracebacks never leave at all."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from relaygate.auth.first_key import ensure_first_client_key
+from relaygate.config.model import Config
+from relaygate.errors import RelaygateError
+from relaygate.gateway import Gateway
+from relaygate.http._common import request_id
+from relaygate.http.routes import admin, chat, models, status
+
+log = logging.getLogger("relaygate.http")
+_INTERNAL = (
+    b'{"error":{"message":"Internal error.","type":"server_error",'
+    b'"code":"internal_error","param":null}}'
+)
+
+
+class ErrorBoundary:
+    """Pure ASGI: anything unhandled becomes a 500 in the SPEC's shape, logged by type only."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:  # noqa: BLE001 (the ASGI boundary: log, answer, no traceback)
+            log.error("unhandled %s on %s", type(exc).__name__, scope.get("path"))
+            if not started:
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": [(b"content-type", b"application/json")],
+                    }
+                )
+                await send({"type": "http.response.body", "body": _INTERNAL})
+
+
+async def _relaygate_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RelaygateError)
+    headers = {**exc.headers, "x-request-id": request_id(request)}
+    return Response(
+        exc.body(), status_code=exc.status, headers=headers, media_type="application/json"
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    err = RelaygateError(str(exc.detail), code=code)
+    err.status, err.type = exc.status_code, "invalid_request_error"
+    return await _relaygate_error(request, err)
+
+
+def create_app(
+    config: Config | None = None,
+    *,
+    gateway: Gateway | None = None,
+    announce: Callable[[str], None] | None = None,
+) -> FastAPI:
+    gw = gateway if gateway is not None else Gateway(config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ensure_first_client_key(gw, announce=announce)
+        await gw.start()
+        try:
+            yield
+        finally:
+            await gw.aclose()
+
+    app = FastAPI(
+        title="relaygate",
+        summary="One OpenAI-compatible endpoint for many providers and many keys.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.gateway = gw
+    app.add_exception_handler(RelaygateError, _relaygate_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    for module in (chat, models, status):
+        app.include_router(module.router)
+    if gw.config.admin_secret:
+        app.include_router(admin.router)
+    app.add_middleware(ErrorBoundary)
+    return app

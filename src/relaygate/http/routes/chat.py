@@ -1,0 +1,69 @@
+"""POST /v1/chat/completions: OpenAI chat, streaming or not, to any provider."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from relaygate.gateway import prompt_estimate
+from relaygate.http._common import gateway, read_json, request_id, require_client
+from relaygate.routing.attempts import Completed
+
+router = APIRouter(tags=["client"])
+
+_BODY_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["messages"],
+                    "properties": {
+                        "model": {"type": "string", "example": "echo/hello"},  # provider-name-ok
+                        "messages": {"type": "array", "items": {"type": "object"}},
+                        "stream": {"type": "boolean"},
+                        "stream_options": {"type": "object"},
+                    },
+                    "additionalProperties": True,
+                },
+                "example": {
+                    "model": "echo/hello",
+                    "messages": [{"role": "user", "content": "Hello there"}],
+                },
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "/v1/chat/completions",
+    openapi_extra=_BODY_DOC,
+    summary="OpenAI chat completions, routed to any configured provider",
+)
+async def chat_completions(request: Request) -> Response:
+    gw = gateway(request)
+    require_client(request)
+    body, size = await read_json(request, gw.config.server.max_body_bytes)
+    result = await gw.open_chat(body, raw_size=size)
+    headers = {
+        "x-request-id": request_id(request),
+        "x-relaygate-provider": result.target.provider,
+        "x-relaygate-model": result.target.model,
+        "x-relaygate-key-id": result.key_id
+        if isinstance(result, Completed)
+        else result.lease.key_id,
+        "x-relaygate-attempts": str(result.attempts),
+        "x-relaygate-cache": "bypass",
+    }
+    if isinstance(result, Completed):
+        return Response(result.body, media_type="application/json", headers=headers)
+    headers["cache-control"] = "no-cache"
+    headers["x-accel-buffering"] = "no"
+    return StreamingResponse(
+        gw.relay(result, prompt_tokens=prompt_estimate(body, size)),
+        media_type="text/event-stream; charset=utf-8",
+        headers=headers,
+    )

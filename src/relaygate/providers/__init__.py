@@ -1,0 +1,1 @@
+"""Upstream providers: one module per provider, found by name and imported lazily (registry.py)."""

@@ -1,0 +1,56 @@
+"""Server-sent events framing (protocols.md §0): split bytes into events, any line ending."""
+
+from __future__ import annotations
+
+import re
+
+_BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+_LINE = re.compile(rb"\r\n|\n|\r")
+MAX_EVENT_BYTES = 4 * 1024 * 1024
+
+
+class EventTooLarge(Exception):
+    """An upstream event without a boundary grew past MAX_EVENT_BYTES."""
+
+
+class SSEBuffer:
+    """Collects bytes and hands back complete events (the raw block, without its blank line)."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buf = self._buf + data if self._buf else data
+        parts = _BOUNDARY.split(buf)
+        self._buf = parts.pop()
+        if len(self._buf) > MAX_EVENT_BYTES:
+            raise EventTooLarge
+        return [p for p in parts if p]
+
+    def flush(self) -> list[bytes]:
+        rest, self._buf = self._buf, b""
+        return [rest] if rest.strip() else []
+
+
+def parse_event(block: bytes) -> tuple[bytes | None, bytes | None]:
+    """(event name, data) of one event block; data lines are joined with a newline.
+    Comments give (None, None)."""
+    name: bytes | None = None
+    data: list[bytes] = []
+    for line in _LINE.split(block):
+        if not line or line.startswith(b":"):
+            continue
+        fld, _, value = line.partition(b":")
+        if value.startswith(b" "):
+            value = value[1:]
+        if fld == b"data":
+            data.append(value)
+        elif fld == b"event":
+            name = value
+    return name, (b"\n".join(data) if data else None)
+
+
+def data_event(payload: bytes) -> bytes:
+    return b"data: " + payload + b"\n\n"

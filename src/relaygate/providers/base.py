@@ -1,0 +1,209 @@
+"""The provider contract: build an upstream request, parse its answer, relay its stream, classify
+its errors. Providers know nothing of pools, retries or storage."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import re
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import aiohttp
+
+from relaygate.errors import ConfigError
+from relaygate.types import Failure, UpstreamRequest, UpstreamResponse, Usage
+
+if TYPE_CHECKING:
+    from relaygate.config.model import ProviderConfig
+
+MAX_UPSTREAM_BODY = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ProviderMeta:
+    """Facts about one provider module, read by config and routing without naming providers."""
+
+    kind: str
+    default_base_url: str | None = None
+    env_aliases: tuple[str, ...] = ()
+    model_prefixes: tuple[str, ...] = ()
+    needs_key: bool = True
+
+
+class InBandFailure(Exception):
+    """An error carried inside a 200 answer (OpenRouter, Groq x_groq.error, a data: {"error"})."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
+class UpstreamBodyTooLarge(Exception):
+    pass
+
+
+class StreamRelay(ABC):
+    """Turns one upstream byte stream into OpenAI SSE bytes for the client, noting usage on the way.
+
+    `feed` returns the bytes to send now (possibly empty); `end` is called when the upstream body
+    ends and returns any tail. An in-band error sets `error` and stops output."""
+
+    def __init__(self) -> None:
+        self.usage: Usage | None = None
+        self.error: Failure | None = None
+        self.finished = False
+        self.content_events = 0
+
+    @abstractmethod
+    def feed(self, data: bytes) -> bytes: ...
+
+    @abstractmethod
+    def end(self) -> bytes: ...
+
+
+class _AiohttpResponse:
+    __slots__ = ("_resp", "headers", "status")
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self._resp = resp
+        self.status = resp.status
+        self.headers: Mapping[str, str] = resp.headers
+
+    async def read(self, limit: int) -> bytes:
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in self._resp.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise UpstreamBodyTooLarge
+            parts.append(chunk)
+        return b"".join(parts)
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        async for chunk in self._resp.content.iter_any():
+            yield chunk
+
+    def close(self) -> None:
+        if self._resp.content.at_eof():
+            self._resp.release()
+        else:
+            self._resp.close()
+
+
+class Provider(ABC):
+    meta: ClassVar[ProviderMeta]
+
+    def __init__(self, name: str, config: ProviderConfig) -> None:
+        self.name = name
+        self.config = config
+        base = config.base_url or self.meta.default_base_url or ""
+        self.base_url = base.rstrip("/")
+        if not self.base_url and self.meta.default_base_url is not None:
+            raise ConfigError(f"providers.{name}.base_url: required for this provider type")
+
+    @property
+    def needs_key(self) -> bool:
+        return self.meta.needs_key
+
+    def models(self) -> list[str]:
+        return list(self.config.models)
+
+    def claims(self, model: str) -> bool:
+        """Whether a bare model name belongs here by prefix (SPEC §3)."""
+        return model.startswith(self.meta.model_prefixes) if self.meta.model_prefixes else False
+
+    @abstractmethod
+    def build_request(
+        self, body: dict[str, Any], *, model: str, key: str | None, stream: bool
+    ) -> UpstreamRequest: ...
+
+    async def send(
+        self, session: aiohttp.ClientSession, request: UpstreamRequest, *, timeout_s: float
+    ) -> UpstreamResponse:
+        """Send and wait for the status line and headers (the first byte), within timeout_s."""
+        async with asyncio.timeout(timeout_s):
+            resp = await session.request(
+                request.method,
+                request.url,
+                data=request.body,
+                headers=request.headers,
+                allow_redirects=False,
+            )
+        return _AiohttpResponse(resp)
+
+    @abstractmethod
+    def parse_response(self, body: bytes, *, model: str) -> tuple[bytes, Usage | None]:
+        """Native answer -> OpenAI chat.completion bytes and usage; raises InBandFailure."""
+
+    @abstractmethod
+    def stream_relay(self, *, model: str, include_usage: bool) -> StreamRelay: ...
+
+    @abstractmethod
+    def classify_error(self, status: int, headers: Mapping[str, str], body: bytes) -> Failure: ...
+
+
+# --- helpers shared by provider modules -------------------------------------------------------
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_TRY_AGAIN = re.compile(r"try again in ((?:\d+(?:\.\d+)?(?:ms|h|m|s))+)", re.IGNORECASE)
+
+
+def parse_duration(text: str) -> float | None:
+    """Go-style durations as providers send them: `120ms`, `7m12s`, `1.984999999s`, `6m0s`."""
+    parts = _DURATION_PART.findall(text.strip())
+    if not parts or "".join(n + u for n, u in parts) != text.strip():
+        return None
+    scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+def try_again_in(message: str) -> float | None:
+    match = _TRY_AGAIN.search(message)
+    return parse_duration(match.group(1)) if match else None
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """`retry-after-ms`, else `retry-after` in seconds or as an HTTP date."""
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return max(0.0, float(value) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if "," in value else None
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+def error_fields(body: bytes) -> tuple[str, str | None, str | None, str | None, dict[str, Any]]:
+    """(message, type, code, param, raw error object) from an OpenAI-shaped error body; tolerant."""
+    import orjson
+
+    try:
+        obj = orjson.loads(body) if body else {}
+    except orjson.JSONDecodeError:
+        text = body[:300].decode("utf-8", "replace").strip()
+        return text or "upstream error", None, None, None, {}
+    err = obj.get("error") if isinstance(obj, dict) else None
+    if isinstance(err, str):
+        return err, None, None, None, {}
+    if not isinstance(err, dict):
+        return "upstream error", None, None, None, {}
+    code = err.get("code")
+    param = err.get("param")
+    return (
+        str(err.get("message") or "upstream error"),
+        str(err["type"]) if err.get("type") else None,
+        str(code) if code is not None else None,
+        str(param) if param is not None else None,
+        err,
+    )

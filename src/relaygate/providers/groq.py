@@ -1,0 +1,12 @@
+"""Groq: OpenAI-compatible; rejects `name` on messages and a few sampling fields."""
+
+from relaygate.providers._openai_compat import OpenAICompatProvider
+from relaygate.providers.base import ProviderMeta
+
+META = ProviderMeta(kind="groq", default_base_url="https://api.groq.com/openai/v1")
+
+
+class Provider(OpenAICompatProvider):
+    meta = META
+    drop_params = frozenset({"logprobs", "logit_bias", "top_logprobs"})
+    strip_message_names = True

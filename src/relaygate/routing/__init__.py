@@ -1,0 +1,1 @@
+"""Routing: model name -> ordered targets (router.py), and the attempt loop (attempts.py)."""

@@ -1,0 +1,225 @@
+"""The attempt loop: an explicit loop over a plan of targets, each with its key pool, inside a
+per-request deadline and a retry budget. Nothing is retried once a byte has reached the client."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from relaygate.config.model import RetryConfig
+from relaygate.errors import (
+    NoAvailableKeys,
+    RelaygateError,
+    UpstreamError,
+    UpstreamRejected,
+    UpstreamTimeout,
+)
+from relaygate.keys.pool import KeyPool, Lease
+from relaygate.providers._sse import EventTooLarge
+from relaygate.providers.base import (
+    MAX_UPSTREAM_BODY,
+    InBandFailure,
+    Provider,
+    StreamRelay,
+    UpstreamBodyTooLarge,
+)
+from relaygate.types import Failure, Target, UpstreamResponse, Usage
+
+log = logging.getLogger("relaygate.attempts")
+
+
+@dataclass(slots=True)
+class Completed:
+    """A whole non-streamed answer in OpenAI's shape."""
+
+    body: bytes
+    usage: Usage | None
+    target: Target
+    key_id: str
+    attempts: int
+
+
+@dataclass(slots=True)
+class StreamStarted:
+    """A stream whose first output is ready; the caller relays the rest (see gateway.relay)."""
+
+    first: bytes
+    response: UpstreamResponse
+    chunks: Any  # the upstream's async chunk iterator, already started
+    relay: StreamRelay
+    lease: Lease
+    provider: Provider
+    target: Target
+    attempts: int
+
+
+class AttemptLoop:
+    def __init__(
+        self,
+        *,
+        providers: Mapping[str, Provider],
+        pools: Mapping[str, KeyPool],
+        session: Callable[[], aiohttp.ClientSession],
+        retry: RetryConfig,
+    ) -> None:
+        self.providers = providers
+        self.pools = pools
+        self.session = session
+        self.retry = retry
+
+    async def run(
+        self,
+        plan: list[Target],
+        body: dict[str, Any],
+        *,
+        stream: bool,
+        include_usage: bool,
+        est_tokens: int = 0,
+    ) -> Completed | StreamStarted:
+        deadline = time.monotonic() + self.retry.deadline_s
+        attempts = 0
+        last: Failure | None = None
+        waits: list[float] = []
+        for target in plan:
+            provider, pool = self.providers[target.provider], self.pools[target.provider]
+            server_failures = 0
+            while server_failures < self.retry.max_attempts:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                lease = pool.acquire(est_tokens)
+                if lease is None:
+                    wait = pool.next_ready_in()
+                    waits.append(wait if wait is not None else self.retry.default_cooldown_s)
+                    break
+                attempts += 1
+                timeout = min(provider.config.timeout_s, remaining)
+                result = await self._once(
+                    provider,
+                    lease,
+                    target,
+                    body,
+                    stream=stream,
+                    include_usage=include_usage,
+                    timeout_s=timeout,
+                )
+                if not isinstance(result, Failure):
+                    if isinstance(result, Completed):
+                        result.attempts = attempts
+                    else:
+                        result.attempts = attempts
+                    return result
+                lease.failed(result)
+                last = result
+                log.info(
+                    "attempt %d on %s via %s failed: %s %s",
+                    attempts,
+                    target.provider,
+                    lease.key_id,
+                    result.kind,
+                    result.status,
+                )
+                if result.kind == "bad_request":
+                    raise _rejected(result)
+                if result.kind in ("server", "timeout"):
+                    server_failures += 1
+                    await self._backoff(server_failures, deadline)
+        raise self._final(last, waits, attempts)
+
+    async def _backoff(self, n: int, deadline: float) -> None:
+        delay = min(self.retry.backoff_max_s, self.retry.backoff_base_s * 2 ** (n - 1))
+        delay *= random.uniform(0.5, 1.5)
+        delay = min(delay, max(0.0, deadline - time.monotonic()))
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    def _final(self, last: Failure | None, waits: list[float], attempts: int) -> RelaygateError:
+        if last is not None and last.kind == "timeout":
+            return UpstreamTimeout(f"The upstream did not answer in time ({attempts} attempts).")
+        if last is not None and last.kind == "server":
+            return UpstreamError(
+                f"The upstream failed after {attempts} attempts (last status {last.status})."
+            )
+        wait = min(waits) if waits else self.retry.default_cooldown_s
+        return NoAvailableKeys(wait, "every key is cooling, exhausted or invalid")
+
+    async def _once(
+        self,
+        provider: Provider,
+        lease: Lease,
+        target: Target,
+        body: dict[str, Any],
+        *,
+        stream: bool,
+        include_usage: bool,
+        timeout_s: float,
+    ) -> Completed | StreamStarted | Failure:
+        request = provider.build_request(body, model=target.model, key=lease.secret, stream=stream)
+        response: UpstreamResponse | None = None
+        try:
+            response = await provider.send(self.session(), request, timeout_s=timeout_s)
+            if response.status >= 400:
+                async with asyncio.timeout(timeout_s):
+                    raw = await response.read(1024 * 1024)
+                return provider.classify_error(response.status, response.headers, raw)
+            if not stream:
+                async with asyncio.timeout(timeout_s):
+                    raw = await response.read(MAX_UPSTREAM_BODY)
+                out, usage = provider.parse_response(raw, model=target.model)
+                lease.succeeded(usage)
+                return Completed(out, usage, target, lease.key_id, 0)
+            started = await self._first_output(
+                provider, lease, target, response, include_usage, timeout_s
+            )
+            if isinstance(started, Failure):
+                return started
+            response = None  # the caller owns it now
+            return started
+        except InBandFailure as exc:
+            return exc.failure
+        except TimeoutError:
+            return Failure("timeout", 504, "no answer before the timeout")
+        except (aiohttp.ClientError, OSError, UpstreamBodyTooLarge, EventTooLarge) as exc:
+            return Failure("server", 502, f"connection failed: {type(exc).__name__}")
+        finally:
+            if response is not None:
+                response.close()
+
+    async def _first_output(
+        self,
+        provider: Provider,
+        lease: Lease,
+        target: Target,
+        response: UpstreamResponse,
+        include_usage: bool,
+        timeout_s: float,
+    ) -> StreamStarted | Failure:
+        relay = provider.stream_relay(model=target.model, include_usage=include_usage)
+        chunks = response.iter_chunks().__aiter__()
+        first = b""
+        async with asyncio.timeout(timeout_s):
+            while not first:
+                try:
+                    data = await anext(chunks)
+                except StopAsyncIteration:
+                    first = relay.end()
+                    if not first:
+                        return relay.error or Failure("server", 502, "the stream ended empty")
+                    break
+                first = relay.feed(data)
+                if relay.error is not None:
+                    return relay.error
+        return StreamStarted(first, response, chunks, relay, lease, provider, target, 0)
+
+
+def _rejected(failure: Failure) -> UpstreamRejected:
+    return UpstreamRejected(
+        failure.status, failure.message, type_=failure.type, code=failure.code, param=failure.param
+    )

@@ -1,0 +1,157 @@
+"""The SQLite store: numbered migrations, key-state upserts, issued client keys (hashes only).
+Calls run in a worker thread so the event loop never waits on the disk."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from relaygate.errors import ConfigError
+
+_KEY_COLUMNS = (
+    "key_id",
+    "provider",
+    "state",
+    "until",
+    "reason",
+    "fail_streak",
+    "next_cooldown_s",
+    "day",
+    "requests_today",
+    "tokens_today",
+    "requests_total",
+    "tokens_total",
+)
+_CLIENT_COLUMNS = (
+    "id",
+    "name",
+    "key_hash",
+    "key_hint",
+    "rpm",
+    "tpm",
+    "monthly_budget_usd",
+    "models",
+    "created_at",
+    "revoked_at",
+)
+
+
+def sqlite_path(url: str) -> Path:
+    if not url.startswith("sqlite:///"):
+        raise ConfigError(
+            f"database_url: only sqlite:///path is supported here, got {url.split(':')[0]}:"
+        )
+    return Path(url.removeprefix("sqlite:///"))
+
+
+class SQLiteStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        scripts = sorted(
+            (
+                f
+                for f in resources.files("relaygate.storage.migrations").iterdir()
+                if f.name.endswith(".sql")
+            ),
+            key=lambda f: f.name,
+        )
+        for script in scripts:
+            number = int(script.name.split("_", 1)[0])
+            if number > version:
+                with self._lock:
+                    self._db.executescript(script.read_text(encoding="utf-8"))
+                    self._db.execute(f"PRAGMA user_version={number}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # --- upstream key states --------------------------------------------------------------------
+    def load_key_states(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {', '.join(_KEY_COLUMNS)} FROM upstream_keys"
+            ).fetchall()
+        return [dict(r) for r in rows]
+
+    def save_key_states(self, rows: Iterable[dict[str, Any]]) -> None:
+        items = [(*(r.get(c) for c in _KEY_COLUMNS), time.time()) for r in rows]
+        if not items:
+            return
+        cols = ", ".join(_KEY_COLUMNS)
+        marks = ", ".join("?" for _ in range(len(_KEY_COLUMNS) + 1))
+        updates = ", ".join(f"{c}=excluded.{c}" for c in _KEY_COLUMNS[1:])
+        sql = (
+            f"INSERT INTO upstream_keys ({cols}, updated_at) VALUES ({marks}) "
+            f"ON CONFLICT(key_id) DO UPDATE SET {updates}, updated_at=excluded.updated_at"
+        )
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany(sql, items)
+            self._db.execute("COMMIT")
+
+    async def asave_key_states(self, rows: list[dict[str, Any]]) -> None:
+        await asyncio.to_thread(self.save_key_states, rows)
+
+    # --- issued client keys (hashes only) -------------------------------------------------------
+    def insert_client(self, row: dict[str, Any]) -> None:
+        data = dict(row)
+        if data.get("models") is not None:
+            data["models"] = json.dumps(data["models"])
+        cols = ", ".join(_CLIENT_COLUMNS)
+        marks = ", ".join(f":{c}" for c in _CLIENT_COLUMNS)
+        with self._lock:
+            self._db.execute(
+                f"INSERT INTO clients ({cols}) VALUES ({marks})",
+                {c: data.get(c) for c in _CLIENT_COLUMNS},
+            )
+
+    def list_clients(self, *, include_revoked: bool = True) -> list[dict[str, Any]]:
+        where = "" if include_revoked else " WHERE revoked_at IS NULL"
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {', '.join(_CLIENT_COLUMNS)} FROM clients{where} ORDER BY created_at"
+            ).fetchall()
+        out = []
+        for r in rows:
+            item = dict(r)
+            item["models"] = json.loads(item["models"]) if item["models"] else None
+            out.append(item)
+        return out
+
+    def revoke_client(self, client_id: str) -> bool:
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE clients SET revoked_at=? WHERE (id=? OR name=?) AND revoked_at IS NULL",
+                (time.time(), client_id, client_id),
+            )
+        return cur.rowcount > 0
+
+    def count_active_clients(self) -> int:
+        with self._lock:
+            return int(
+                self._db.execute(
+                    "SELECT COUNT(*) FROM clients WHERE revoked_at IS NULL"
+                ).fetchone()[0]
+            )
+
+
+def open_store(database_url: str) -> SQLiteStore:
+    return SQLiteStore(sqlite_path(database_url))
