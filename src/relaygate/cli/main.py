@@ -157,6 +157,14 @@ def config_check(config: ConfigOpt = None) -> None:
         raise _fail(f"config error: {exc}") from None
 
 
+@upstream_app.command("check")
+def upstream_check(config: ConfigOpt = None) -> None:
+    """Test every upstream key with a cheap call; mark rejected keys invalid."""
+    from relaygate.cli.upstream import run_check
+
+    raise typer.Exit(run_check(_load(config)))
+
+
 def main() -> None:
     try:
         app()

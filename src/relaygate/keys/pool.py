@@ -253,14 +253,16 @@ class KeyPool:
             return
         window = self.retry.pool_throttle_window_s
         if all(now - k.last_429_at <= window for k in live):
-            self.paused_until = max(self.paused_until, now + wait)
+            longest = max((k.until or 0.0) for k in live if k.state == "cooling")
+            self.paused_until = max(self.paused_until, now + wait, longest)
             for k in live:
                 if k.state == "cooling" and (k.reason or "").startswith("rate limited"):
                     self._set(k, "ready", None, "")
                     k.reason = None
                 k.last_429_at = 0.0
+            pause = self.paused_until - now
             log.warning(
-                "provider %s: every key rate limited; pausing the pool %.0f s", self.provider, wait
+                "provider %s: every key rate limited; pausing it %.0f s", self.provider, pause
             )
 
     # --- admin and persistence ------------------------------------------------------------------

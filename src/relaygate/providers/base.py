@@ -121,6 +121,11 @@ class Provider(ABC):
         self, body: dict[str, Any], *, model: str, key: str | None, stream: bool
     ) -> UpstreamRequest: ...
 
+    def check_request(self, key: str | None, model: str) -> UpstreamRequest:
+        """A cheap call that shows whether the upstream accepts a key: a one-token chat."""
+        body = {"messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
+        return self.build_request(body, model=model, key=key, stream=False)
+
     async def send(
         self, session: aiohttp.ClientSession, request: UpstreamRequest, *, timeout_s: float
     ) -> UpstreamResponse:
