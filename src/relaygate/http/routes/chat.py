@@ -29,7 +29,7 @@ _BODY_DOC = {
                     "additionalProperties": True,
                 },
                 "example": {
-                    "model": "echo/hello",
+                    "model": "echo/hello",  # provider-name-ok
                     "messages": [{"role": "user", "content": "Hello there"}],
                 },
             }
