@@ -1,0 +1,1 @@
+"""Client limits: rate limits (ratelimit.py), budgets with reservations (budgets.py), prices."""

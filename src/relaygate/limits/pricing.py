@@ -1,0 +1,100 @@
+"""Prices per token: `pricing:` in the config first, then the maintained genai-prices data (looked
+up once per provider and model, by the provider's API URL, then by the model name alone), then a
+`"*"` entry of `pricing:` if there is one. A model with none of these costs 0 and is logged once."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from relaygate.config.model import PriceConfig
+from relaygate.types import Usage
+
+log = logging.getLogger("relaygate.pricing")
+_PROBE = 100_000  # tokens per probe: the base tier of tiered prices
+_MTOK = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Rates:
+    input: float  # USD per token
+    output: float
+    cached_input: float
+    source: str  # config | genai-prices | default | unknown
+
+    @property
+    def known(self) -> bool:
+        return self.source != "unknown"
+
+    def cost(self, usage: Usage) -> float:
+        cached = min(usage.cached_tokens, usage.prompt_tokens)
+        return (
+            (usage.prompt_tokens - cached) * self.input
+            + cached * self.cached_input
+            + usage.completion_tokens * self.output
+        )
+
+    def worst_case(self, prompt_tokens: int, max_completion_tokens: int) -> float:
+        return prompt_tokens * self.input + max_completion_tokens * self.output
+
+
+def _from_config(price: PriceConfig, source: str = "config") -> Rates:
+    cached = price.cached_input_per_mtok
+    return Rates(
+        input=price.input_per_mtok / _MTOK,
+        output=price.output_per_mtok / _MTOK,
+        cached_input=(cached if cached is not None else price.input_per_mtok) / _MTOK,
+        source=source,
+    )
+
+
+def _from_genai_prices(model: str, api_url: str | None) -> Rates | None:
+    from genai_prices import Usage as PriceUsage
+    from genai_prices import calc_price
+
+    for url in ([api_url] if api_url else []) + [None]:
+        try:
+            inp = calc_price(PriceUsage(input_tokens=_PROBE), model, provider_api_url=url)
+            out = calc_price(PriceUsage(output_tokens=_PROBE), model, provider_api_url=url)
+            both = PriceUsage(input_tokens=_PROBE, cache_read_tokens=_PROBE)
+            cached = calc_price(both, model, provider_api_url=url)
+        except LookupError:
+            continue
+        return Rates(
+            input=float(inp.total_price) / _PROBE,
+            output=float(out.total_price) / _PROBE,
+            cached_input=float(cached.total_price) / _PROBE,
+            source="genai-prices",
+        )
+    return None
+
+
+class Pricing:
+    def __init__(self, overrides: Mapping[str, PriceConfig]) -> None:
+        self._overrides = dict(overrides)
+        self._cache: dict[tuple[str, str], Rates] = {}
+
+    def rates(self, provider: str, model: str, api_url: str | None = None) -> Rates:
+        key = (provider, model)
+        found = self._cache.get(key)
+        if found is None:
+            found = self._lookup(provider, model, api_url)
+            self._cache[key] = found
+        return found
+
+    def _lookup(self, provider: str, model: str, api_url: str | None) -> Rates:
+        for name in (f"{provider}/{model}", model):
+            if name in self._overrides:
+                return _from_config(self._overrides[name])
+        rates = _from_genai_prices(model, api_url)
+        if rates is not None:
+            return rates
+        if "*" in self._overrides:
+            return _from_config(self._overrides["*"], "default")
+        log.warning(
+            "no price known for %s/%s: its cost counts as 0 (set pricing: in the config)",
+            provider,
+            model,
+        )
+        return Rates(0.0, 0.0, 0.0, "unknown")
