@@ -110,6 +110,28 @@ class SQLiteStore:
     async def asave_key_states(self, rows: list[dict[str, Any]]) -> None:
         await asyncio.to_thread(self.save_key_states, rows)
 
+    # --- the ledger -----------------------------------------------------------------------------
+    def write_ledger(self, rows: list[dict[str, Any]]) -> None:
+        with self._lock:
+            _write_ledger(self._db, rows)
+
+    def month_spend(self, month: str) -> dict[str, float]:
+        """Cost per client in a calendar month (UTC), from the daily aggregates."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT client, SUM(cost_usd) FROM usage_daily WHERE day LIKE ? GROUP BY client",
+                (f"{month}-%",),
+            ).fetchall()
+        return {str(r[0]): float(r[1] or 0) for r in rows}
+
+    def prune_ledger(self, before_ts: float) -> int:
+        with self._lock:
+            return int(self._db.execute("DELETE FROM ledger WHERE ts < ?", (before_ts,)).rowcount)
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(r) for r in self._db.execute(sql, params).fetchall()]
+
     # --- issued client keys (hashes only) -------------------------------------------------------
     def insert_client(self, row: dict[str, Any]) -> None:
         data = dict(row)
@@ -151,6 +173,57 @@ class SQLiteStore:
                     "SELECT COUNT(*) FROM clients WHERE revoked_at IS NULL"
                 ).fetchone()[0]
             )
+
+
+_LEDGER_COLUMNS = (
+    "id",
+    "ts",
+    "day",
+    "client",
+    "route",
+    "provider",
+    "model",
+    "key_id",
+    "status",
+    "error_code",
+    "latency_ms",
+    "ttft_ms",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "cost_usd",
+    "cache",
+    "stream",
+    "attempts",
+    "estimated",
+)
+_DAILY_UPSERT = """
+INSERT INTO usage_daily (day, client, provider, model, key_id, requests, errors, prompt_tokens,
+                         completion_tokens, cached_tokens, cost_usd, latency_ms_sum)
+VALUES (:day, COALESCE(:client, ''), COALESCE(:provider, ''), COALESCE(:model, ''),
+        COALESCE(:key_id, ''), 1, CASE WHEN :status >= 400 THEN 1 ELSE 0 END, :prompt_tokens,
+        :completion_tokens, :cached_tokens, :cost_usd, :latency_ms)
+ON CONFLICT (day, client, provider, model, key_id) DO UPDATE SET
+    requests = requests + 1, errors = errors + excluded.errors,
+    prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+    completion_tokens = completion_tokens + excluded.completion_tokens,
+    cached_tokens = cached_tokens + excluded.cached_tokens,
+    cost_usd = cost_usd + excluded.cost_usd,
+    latency_ms_sum = latency_ms_sum + excluded.latency_ms_sum
+"""
+
+
+def _write_ledger(db: sqlite3.Connection, rows: list[dict[str, Any]]) -> None:
+    cols = ", ".join(_LEDGER_COLUMNS)
+    marks = ", ".join(f":{c}" for c in _LEDGER_COLUMNS)
+    db.execute("BEGIN")
+    try:
+        db.executemany(f"INSERT OR IGNORE INTO ledger ({cols}) VALUES ({marks})", rows)
+        db.executemany(_DAILY_UPSERT, rows)
+        db.execute("COMMIT")
+    except sqlite3.Error:
+        db.execute("ROLLBACK")
+        raise
 
 
 def open_store(database_url: str) -> SQLiteStore:

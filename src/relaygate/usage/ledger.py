@@ -1,0 +1,121 @@
+"""The usage ledger: rows go into a bounded in-memory buffer and are written in batches by a
+background task. While the database is away rows wait (up to the bound); past it the oldest are
+dropped and counted. A graceful shutdown flushes what is left."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+log = logging.getLogger("relaygate.ledger")
+
+
+@dataclass(slots=True)
+class LedgerRow:
+    id: str
+    ts: float
+    client: str | None
+    route: str
+    provider: str | None
+    model: str | None
+    key_id: str | None
+    status: int
+    error_code: str | None
+    latency_ms: int
+    ttft_ms: int | None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float = 0.0
+    cache: str = "bypass"
+    stream: bool = False
+    attempts: int = 0
+    estimated: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["day"] = time.strftime("%Y-%m-%d", time.gmtime(self.ts))
+        data["stream"] = int(self.stream)
+        data["estimated"] = int(self.estimated)
+        return data
+
+
+class LedgerSink(Protocol):
+    def write_ledger(self, rows: list[dict[str, Any]]) -> None: ...
+
+
+class Ledger:
+    def __init__(
+        self,
+        sink: LedgerSink | None,
+        *,
+        max_buffer: int = 50_000,
+        batch: int = 1_000,
+        interval_s: float = 1.0,
+        on_drop: Callable[[int], None] | None = None,
+    ) -> None:
+        self.sink = sink
+        self.max_buffer = max_buffer
+        self.batch = batch
+        self.interval_s = interval_s
+        self._buffer: deque[LedgerRow] = deque()
+        self.dropped = 0
+        self.written = 0
+        self._on_drop = on_drop
+        self._lock = asyncio.Lock()
+
+    @property
+    def depth(self) -> int:
+        return len(self._buffer)
+
+    def record(self, row: LedgerRow) -> None:
+        """Called on the request path: an append, never I/O."""
+        if self.sink is None:
+            return
+        if len(self._buffer) >= self.max_buffer:
+            self._buffer.popleft()
+            self.dropped += 1
+            if self._on_drop is not None:
+                self._on_drop(1)
+        self._buffer.append(row)
+
+    async def flush(self) -> bool:
+        """Write everything buffered; False when the database refused (rows stay buffered)."""
+        if self.sink is None:
+            return True
+        async with self._lock:
+            while self._buffer:
+                take = [self._buffer.popleft() for _ in range(min(self.batch, len(self._buffer)))]
+                try:
+                    await asyncio.to_thread(self.sink.write_ledger, [r.as_dict() for r in take])
+                except (sqlite3.Error, OSError) as exc:
+                    self._buffer.extendleft(reversed(take))
+                    log.warning(
+                        "ledger write failed (%s); %d rows wait",
+                        type(exc).__name__,
+                        len(self._buffer),
+                    )
+                    return False
+                self.written += len(take)
+        return True
+
+    async def run(self) -> None:
+        backoff = self.interval_s
+        while True:
+            await asyncio.sleep(backoff)
+            ok = await self.flush()
+            backoff = self.interval_s if ok else min(backoff * 2, 30.0)
+
+    async def close(self, attempts: int = 3) -> None:
+        for _ in range(attempts):
+            if await self.flush():
+                return
+            await asyncio.sleep(0.2)
+        if self._buffer:
+            log.error("ledger: %d rows could not be written at shutdown", len(self._buffer))

@@ -1,0 +1,88 @@
+"""The ledger buffer: batched writes to real SQLite, a bounded wait while the database is away,
+counted drops past the bound, and a flush at shutdown."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from typing import Any
+
+import pytest
+
+from relaygate.storage.sqlite import SQLiteStore
+from relaygate.usage.ledger import Ledger, LedgerRow
+
+
+def row(i: int, *, client: str = "app", cost: float = 0.001, status: int = 200) -> LedgerRow:
+    return LedgerRow(
+        id=f"req_{i}",
+        ts=time.time(),
+        client=client,
+        route="/v1/chat/completions",
+        provider="up",
+        model="m",
+        key_id="up:12345678",
+        status=status,
+        error_code=None if status < 400 else "upstream_error",
+        latency_ms=12,
+        ttft_ms=5,
+        prompt_tokens=10,
+        completion_tokens=5,
+        cost_usd=cost,
+    )
+
+
+class FlakySink:
+    """A database that is away for the first `down` writes, then a real SQLite store."""
+
+    def __init__(self, store: SQLiteStore, down: int) -> None:
+        self.store, self.down, self.calls = store, down, 0
+
+    def write_ledger(self, rows: list[dict[str, Any]]) -> None:
+        self.calls += 1
+        if self.calls <= self.down:
+            raise sqlite3.OperationalError("database is locked")
+        self.store.write_ledger(rows)
+
+
+async def test_batched_rows_and_daily_aggregates(tmp_path):
+    store = SQLiteStore(tmp_path / "l.db")
+    ledger = Ledger(store, batch=7)
+    for i in range(20):
+        ledger.record(row(i, status=500 if i % 5 == 0 else 200))
+    assert ledger.depth == 20
+    assert await ledger.flush()
+    assert ledger.depth == 0 and ledger.written == 20
+    assert store.query("SELECT COUNT(*) AS n FROM ledger")[0]["n"] == 20
+    daily = store.query("SELECT requests, errors, prompt_tokens, cost_usd FROM usage_daily")
+    assert len(daily) == 1
+    assert (daily[0]["requests"], daily[0]["errors"], daily[0]["prompt_tokens"]) == (20, 4, 200)
+    assert daily[0]["cost_usd"] == pytest.approx(0.02)
+    spend = store.month_spend(time.strftime("%Y-%m", time.gmtime()))
+    assert spend == {"app": pytest.approx(0.02)}
+
+
+async def test_rows_wait_while_the_database_is_away_and_nothing_is_lost(tmp_path):
+    store = SQLiteStore(tmp_path / "l.db")
+    sink = FlakySink(store, down=2)
+    ledger = Ledger(sink)
+    for i in range(50):
+        ledger.record(row(i))
+    assert not await ledger.flush()
+    assert not await ledger.flush()
+    assert ledger.depth == 50
+    assert await ledger.flush()
+    assert store.query("SELECT COUNT(*) AS n FROM ledger")[0]["n"] == 50
+    assert ledger.dropped == 0
+
+
+async def test_past_the_bound_the_oldest_rows_are_dropped_and_counted(tmp_path):
+    store = SQLiteStore(tmp_path / "l.db")
+    drops: list[int] = []
+    ledger = Ledger(store, max_buffer=10, on_drop=drops.append)
+    for i in range(25):
+        ledger.record(row(i))
+    assert ledger.depth == 10 and ledger.dropped == 15 and sum(drops) == 15
+    await ledger.close()
+    ids = [r["id"] for r in store.query("SELECT id FROM ledger ORDER BY id")]
+    assert sorted(ids) == sorted(f"req_{i}" for i in range(15, 25))
