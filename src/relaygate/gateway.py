@@ -1,11 +1,13 @@
-"""Gateway: the in-process facade over routing, key pools, retries and client keys. The HTTP
-server and the library both go through it; it needs no HTTP server of its own."""
+"""Gateway: the in-process facade over routing, key pools, retries, client limits and the ledger.
+The HTTP server and the library both go through it; it needs no HTTP server of its own."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,10 +15,11 @@ import aiohttp
 import orjson
 
 from relaygate._logging import Redactor
-from relaygate.auth.clients import ClientRegistry
+from relaygate.accounting import Accounting, Call
+from relaygate.auth.clients import ClientInfo, ClientRegistry
 from relaygate.config.load import load_config
 from relaygate.config.model import Config, ProviderConfig
-from relaygate.errors import InvalidRequest, UpstreamError, UpstreamTimeout
+from relaygate.errors import InvalidRequest, RelaygateError, UpstreamError, UpstreamTimeout
 from relaygate.keys.pool import KeyPool
 from relaygate.providers import registry
 from relaygate.providers._sse import SSEBuffer, parse_event
@@ -24,10 +27,12 @@ from relaygate.providers.base import Provider
 from relaygate.routing.attempts import AttemptLoop, Completed, StreamStarted
 from relaygate.routing.router import Router
 from relaygate.storage.sqlite import SQLiteStore, open_store
-from relaygate.types import Usage
+from relaygate.types import Target, Usage
 
 log = logging.getLogger("relaygate.gateway")
 FLUSH_EVERY_S = 1.0
+PRUNE_EVERY_S = 3600.0
+LIBRARY_ROUTE = "library"
 
 
 def build_providers(config: Config) -> dict[str, Provider]:
@@ -38,9 +43,13 @@ def build_providers(config: Config) -> dict[str, Provider]:
 
 
 def prompt_estimate(body: dict[str, Any], raw_size: int | None = None) -> int:
-    """A rough prompt token count (4 bytes a token), for reservations and cut-off streams."""
+    """A rough prompt token count (4 bytes a token), for cut-off streams and key limits."""
     size = raw_size if raw_size is not None else len(orjson.dumps(body.get("messages", [])))
     return max(1, size // 4)
+
+
+def _estimated(prompt: int, completion: int) -> Usage:
+    return Usage(prompt, completion, estimated=True)
 
 
 class Gateway:
@@ -62,11 +71,14 @@ class Gateway:
         self.router = Router(self.config.routing, self.providers)
         self.store: SQLiteStore | None = open_store(self.config.database_url) if persist else None
         self.clients = ClientRegistry(self.config, self.store)
+        self.accounting = Accounting(self.config, self.store, self.providers, self.pools.values)
+        attempts_metric = self.accounting.metrics.attempts
         self.attempts = AttemptLoop(
             providers=self.providers,
             pools=self.pools,
             session=self.session,
             retry=self.config.retries,
+            on_attempt=lambda provider, outcome: attempts_metric.labels(provider, outcome).inc(),
         )
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -101,13 +113,19 @@ class Gateway:
         self._started = True
         if self.store is not None:
             self._tasks.append(asyncio.create_task(self._background()))
+            self._tasks.append(asyncio.create_task(self.accounting.ledger.run()))
 
     async def _background(self) -> None:
+        last_prune = 0.0
         while True:
             await asyncio.sleep(FLUSH_EVERY_S)
             try:
                 await self.flush()
                 await asyncio.to_thread(self.clients.reload)
+                if self.store is not None and time.time() - last_prune > PRUNE_EVERY_S:
+                    last_prune = time.time()
+                    cutoff = last_prune - self.config.ledger.retention_days * 86400
+                    await asyncio.to_thread(self.store.prune_ledger, cutoff)
             except Exception as exc:  # noqa: BLE001 (a background loop logs and goes on)
                 log.warning("background flush failed: %s", type(exc).__name__)
 
@@ -123,6 +141,7 @@ class Gateway:
                 await task
         self._tasks.clear()
         await self.flush()
+        await self.accounting.ledger.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -139,33 +158,78 @@ class Gateway:
         await self.aclose()
 
     # --- requests -------------------------------------------------------------------------------
-    async def open_chat(
-        self, body: dict[str, Any], *, raw_size: int | None = None
-    ) -> Completed | StreamStarted:
+    def begin(
+        self,
+        body: dict[str, Any],
+        *,
+        client: ClientInfo | None,
+        route: str,
+        raw_size: int | None = None,
+        request_id: str | None = None,
+    ) -> tuple[Call, list[Target]]:
+        """Validate, route and admit one request (allowed models, rate limits, budget)."""
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
+            self.accounting.refused("invalid")
             raise InvalidRequest("'messages' must be a non-empty array.", param="messages")
         model = body.get("model")
         if model is not None and not isinstance(model, str):
+            self.accounting.refused("invalid")
             raise InvalidRequest("'model' must be a string.", param="model")
-        stream = bool(body.get("stream"))
+        try:
+            plan = self.router.resolve(model)
+        except RelaygateError:
+            self.accounting.refused("model_not_found")
+            raise
+        size = raw_size if raw_size is not None else len(orjson.dumps(messages))
+        prompt = int(size / self.config.limits.prompt_bytes_per_token) + 1
+        call = Call(
+            request_id or f"req_{uuid.uuid4().hex}", route, client, bool(body.get("stream")), prompt
+        )
+        self.accounting.admit(call, body, plan)
+        return call, plan
+
+    async def open_chat(
+        self, body: dict[str, Any], call: Call, plan: list[Target]
+    ) -> Completed | StreamStarted:
         options = body.get("stream_options")
         include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
-        plan = self.router.resolve(model)
-        return await self.attempts.run(
-            plan,
-            body,
-            stream=stream,
-            include_usage=include_usage,
-            est_tokens=prompt_estimate(body, raw_size),
-        )
+        try:
+            result = await self.attempts.run(
+                plan,
+                body,
+                stream=call.stream,
+                include_usage=include_usage,
+                est_tokens=prompt_estimate(body),
+            )
+        except RelaygateError as exc:
+            self.accounting.finish(
+                call,
+                target=plan[0] if plan else None,
+                key_id=None,
+                status=exc.status,
+                error_code=exc.code,
+                attempts=int(exc.headers.get("x-relaygate-attempts", 0)),
+            )
+            raise
+        call.ttft_ms = int((time.perf_counter() - call.t0) * 1000)
+        if isinstance(result, Completed):
+            usage = result.usage or _estimated(call.prompt_estimate, len(result.body) // 4)
+            self.accounting.finish(
+                call,
+                target=result.target,
+                key_id=result.key_id,
+                status=200,
+                usage=usage,
+                attempts=result.attempts,
+            )
+        return result
 
-    async def relay(
-        self, started: StreamStarted, *, prompt_tokens: int = 0
-    ) -> AsyncIterator[bytes]:
+    async def relay(self, started: StreamStarted, call: Call | None = None) -> AsyncIterator[bytes]:
         """The rest of a started stream, as client bytes. Ends with an error event (and no [DONE])
-        when the upstream fails mid-way; the key is settled with real or estimated usage."""
-        relay, failure = started.relay, None
+        when the upstream fails mid-way; the key and the call are settled with the real usage, or
+        an estimate of what was produced when the stream was cut or the client went away."""
+        relay, failure, error_code = started.relay, None, None
         try:
             yield started.first
             idle = started.provider.config.stream_idle_timeout_s
@@ -183,22 +247,40 @@ class Gateway:
                     yield out
             if relay.error is not None:
                 failure = relay.error
-                yield UpstreamError(
+                error = UpstreamError(
                     f"The upstream failed mid-stream: {self.redact(failure.message)}"
-                ).sse_event()
+                )
             elif not relay.finished:
-                yield UpstreamError("The upstream stream ended before it was complete.").sse_event()
+                error = UpstreamError("The upstream stream ended before it was complete.")
+            else:
+                error = None
+            if error is not None:
+                error_code = error.code
+                yield error.sse_event()
         except TimeoutError:
+            error_code = UpstreamTimeout.code
             yield UpstreamTimeout("The upstream stream went silent.").sse_event()
         except (aiohttp.ClientError, OSError):
+            error_code = UpstreamError.code
             yield UpstreamError("The upstream connection was lost mid-stream.").sse_event()
         finally:
             started.response.close()
-            usage = relay.usage or Usage(prompt_tokens, relay.content_events, estimated=True)
+            prompt = call.prompt_estimate if call else 0
+            usage = relay.usage or _estimated(prompt, relay.content_events)
             if failure is not None:
                 started.lease.failed(failure)
             else:
                 started.lease.succeeded(usage)
+            if call is not None:
+                self.accounting.finish(
+                    call,
+                    target=started.target,
+                    key_id=started.lease.key_id,
+                    status=200,
+                    error_code=error_code,
+                    usage=usage,
+                    attempts=started.attempts,
+                )
 
     # --- the library API (SPEC §12) -------------------------------------------------------------
     async def chat(
@@ -206,7 +288,8 @@ class Gateway:
     ) -> dict[str, Any]:
         """One chat completion, OpenAI-shaped, through the same routing, pools and retries."""
         body = {**params, "messages": messages or params.get("messages"), "stream": False}
-        result = await self.open_chat(body)
+        call, plan = self.begin(body, client=None, route=LIBRARY_ROUTE)
+        result = await self.open_chat(body, call, plan)
         assert isinstance(result, Completed)
         out: dict[str, Any] = orjson.loads(result.body)
         return out
@@ -216,10 +299,11 @@ class Gateway:
     ) -> AsyncIterator[dict[str, Any]]:
         """Yields OpenAI chat.completion.chunk dicts; raises on an error before the first chunk."""
         body = {**params, "messages": messages or params.get("messages"), "stream": True}
-        started = await self.open_chat(body)
+        call, plan = self.begin(body, client=None, route=LIBRARY_ROUTE)
+        started = await self.open_chat(body, call, plan)
         assert isinstance(started, StreamStarted)
         sse = SSEBuffer()
-        async for data in self.relay(started, prompt_tokens=prompt_estimate(body)):
+        async for data in self.relay(started, call):
             for block in sse.feed(data):
                 _, payload = parse_event(block)
                 if payload is None or payload.startswith(b"[DONE]"):

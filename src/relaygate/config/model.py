@@ -104,6 +104,21 @@ class PriceConfig(_Model):
     cached_input_per_mtok: float | None = Field(default=None, ge=0)
 
 
+class LimitsConfig(_Model):
+    """How client budgets reserve before a request: the worst case is the prompt (request bytes
+    divided by `prompt_bytes_per_token`) plus the request's max tokens, or this default."""
+
+    default_max_output_tokens: int = Field(default=4096, ge=1)
+    prompt_bytes_per_token: float = Field(default=3.0, gt=0)
+
+
+class LedgerConfig(_Model):
+    enabled: bool = True
+    retention_days: int = Field(default=90, ge=1)
+    max_buffer_rows: int = Field(default=50_000, ge=10)
+    flush_interval_s: float = Field(default=1.0, gt=0)
+
+
 class ServerConfig(_Model):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
@@ -125,6 +140,8 @@ class Config(_Model):
     pricing: dict[str, PriceConfig] = Field(default_factory=dict)
     reports: dict[str, Any] = Field(default_factory=dict)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     database_url: str = "sqlite:///relaygate-data/relaygate.db"
     redis_url: str | None = None
     admin_secret: str | None = None

@@ -64,8 +64,10 @@ async def read_json(request: Request, limit: int) -> tuple[dict[str, Any], int]:
 
 
 def require_client(request: Request) -> ClientInfo:
-    client = gateway(request).clients.authenticate(extract_key(request.headers))
+    gw = gateway(request)
+    client = gw.clients.authenticate(extract_key(request.headers))
     if client is None:
+        gw.accounting.refused("auth")
         raise Unauthorized()
     request.state.client = client
     return client

@@ -3,6 +3,7 @@ Tokens are counted from an estimate at admission and corrected with the real usa
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections import deque
@@ -37,9 +38,20 @@ class Admitted:
     headers: dict[str, str]
     _entry: list[float] | None = None
 
+    _window: _Window | None = None
+    _at: float | None = None
+
     def settle(self, tokens: int) -> None:
         if self._entry is not None:
             self._entry[1] = float(tokens)
+
+    def cancel(self) -> None:
+        """Take the request back (it was refused later, e.g. by its budget)."""
+        if self._window is not None and self._at is not None:
+            with contextlib.suppress(ValueError):
+                self._window.requests.remove(self._at)
+            if self._entry is not None:
+                self._entry[1] = 0.0
 
 
 class RateLimiter:
@@ -76,7 +88,7 @@ class RateLimiter:
         if tpm is not None:
             entry = [now, float(est_tokens)]
             window.tokens.append(entry)
-        return Admitted(headers, entry)
+        return Admitted(headers, entry, window, now)
 
     @staticmethod
     def _refuse(what: str, limit: int, reset: float, headers: dict[str, str]) -> RateLimitExceeded:

@@ -68,11 +68,13 @@ class AttemptLoop:
         pools: Mapping[str, KeyPool],
         session: Callable[[], aiohttp.ClientSession],
         retry: RetryConfig,
+        on_attempt: Callable[[str, str], None] | None = None,
     ) -> None:
         self.providers = providers
         self.pools = pools
         self.session = session
         self.retry = retry
+        self.on_attempt = on_attempt or (lambda provider, outcome: None)
 
     async def run(
         self,
@@ -111,11 +113,10 @@ class AttemptLoop:
                     timeout_s=timeout,
                 )
                 if not isinstance(result, Failure):
-                    if isinstance(result, Completed):
-                        result.attempts = attempts
-                    else:
-                        result.attempts = attempts
+                    self.on_attempt(target.provider, "ok")
+                    result.attempts = attempts
                     return result
+                self.on_attempt(target.provider, result.kind)
                 lease.failed(result)
                 last = result
                 log.info(
@@ -127,11 +128,11 @@ class AttemptLoop:
                     result.status,
                 )
                 if result.kind == "bad_request":
-                    raise _rejected(result)
+                    raise _counted(_rejected(result), attempts)
                 if result.kind in ("server", "timeout"):
                     server_failures += 1
                     await self._backoff(server_failures, deadline)
-        raise self._final(last, waits, attempts)
+        raise _counted(self._final(last, waits, attempts), attempts)
 
     async def _backoff(self, n: int, deadline: float) -> None:
         delay = min(self.retry.backoff_max_s, self.retry.backoff_base_s * 2 ** (n - 1))
@@ -217,6 +218,11 @@ class AttemptLoop:
                 if relay.error is not None:
                     return relay.error
         return StreamStarted(first, response, chunks, relay, lease, provider, target, 0)
+
+
+def _counted(error: RelaygateError, attempts: int) -> RelaygateError:
+    error.headers["x-relaygate-attempts"] = str(attempts)
+    return error
 
 
 def _rejected(failure: Failure) -> UpstreamRejected:

@@ -6,11 +6,12 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from relaygate.gateway import prompt_estimate
+from relaygate.errors import RelaygateError
 from relaygate.http._common import gateway, read_json, request_id, require_client
 from relaygate.routing.attempts import Completed
 
 router = APIRouter(tags=["client"])
+ROUTE = "/v1/chat/completions"
 
 _BODY_DOC = {
     "requestBody": {
@@ -45,11 +46,19 @@ _BODY_DOC = {
 )
 async def chat_completions(request: Request) -> Response:
     gw = gateway(request)
-    require_client(request)
+    client = require_client(request)
     body, size = await read_json(request, gw.config.server.max_body_bytes)
-    result = await gw.open_chat(body, raw_size=size)
+    call, plan = gw.begin(
+        body, client=client, route=ROUTE, raw_size=size, request_id=request_id(request)
+    )
+    try:
+        result = await gw.open_chat(body, call, plan)
+    except RelaygateError as exc:
+        exc.headers = {**call.headers, **exc.headers}
+        raise
     headers = {
-        "x-request-id": request_id(request),
+        **call.headers,
+        "x-request-id": call.request_id,
         "x-relaygate-provider": result.target.provider,
         "x-relaygate-model": result.target.model,
         "x-relaygate-key-id": result.key_id
@@ -63,7 +72,7 @@ async def chat_completions(request: Request) -> Response:
     headers["cache-control"] = "no-cache"
     headers["x-accel-buffering"] = "no"
     return StreamingResponse(
-        gw.relay(result, prompt_tokens=prompt_estimate(body, size)),
+        gw.relay(result, call),
         media_type="text/event-stream; charset=utf-8",
         headers=headers,
     )

@@ -1,0 +1,172 @@
+"""What happens around each proxied call: admission (allowed models, client rate limits, budget
+reservation) before it, and settlement after it (real cost, real tokens, one ledger row,
+metrics). Refusals are counted in metrics, not written to the ledger (SPEC §9)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from relaygate.auth.clients import ClientInfo
+from relaygate.config.model import Config
+from relaygate.errors import BudgetExceeded, ModelNotAllowed, RelaygateError
+from relaygate.keys.pool import KeyPool
+from relaygate.limits.budgets import Budgets, Reservation, month_of
+from relaygate.limits.pricing import Pricing, Rates
+from relaygate.limits.ratelimit import Admitted, RateLimiter
+from relaygate.providers.base import Provider
+from relaygate.storage.sqlite import SQLiteStore
+from relaygate.types import Target, Usage
+from relaygate.usage.ledger import Ledger, LedgerRow
+from relaygate.usage.metrics import Metrics
+
+
+@dataclass(slots=True)
+class Call:
+    """One proxied request from admission to settlement."""
+
+    request_id: str
+    route: str
+    client: ClientInfo | None
+    stream: bool
+    prompt_estimate: int
+    ts: float = field(default_factory=time.time)
+    t0: float = field(default_factory=time.perf_counter)
+    headers: dict[str, str] = field(default_factory=dict)
+    admitted: Admitted | None = None
+    reservation: Reservation | None = None
+    ttft_ms: int | None = None
+    done: bool = False
+
+
+def max_output_tokens(body: Mapping[str, Any], default: int) -> int:
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = body.get(name)
+        if isinstance(value, int) and value > 0:
+            return value
+    return default
+
+
+class Accounting:
+    def __init__(
+        self,
+        config: Config,
+        store: SQLiteStore | None,
+        providers: Mapping[str, Provider],
+        pools: Callable[[], Iterable[KeyPool]],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.providers = providers
+        self.pricing = Pricing(config.pricing)
+        self.limiter = RateLimiter(clock)
+        self.budgets = Budgets(clock)
+        sink = store if (store is not None and config.ledger.enabled) else None
+        self.ledger = Ledger(
+            sink,
+            max_buffer=config.ledger.max_buffer_rows,
+            interval_s=config.ledger.flush_interval_s,
+            on_drop=lambda n: self.metrics.ledger_drops.inc(n),
+        )
+        self.metrics = Metrics(pools, lambda: self.ledger.depth)
+        if store is not None:
+            for client, spent in store.month_spend(month_of(clock())).items():
+                self.budgets.load(client, month_of(clock()), spent)
+
+    def rates(self, target: Target) -> Rates:
+        provider = self.providers[target.provider]
+        return self.pricing.rates(target.provider, target.model, provider.base_url or None)
+
+    def refused(self, reason: str) -> None:
+        self.metrics.refusals.labels(reason).inc()
+
+    def admit(self, call: Call, body: Mapping[str, Any], plan: list[Target]) -> None:
+        client = call.client
+        if client is None:
+            return
+        if client.models is not None and body.get("model") not in client.models:
+            self.refused("model_not_allowed")
+            raise ModelNotAllowed(
+                f"This key may not use the model '{body.get('model')}'.", param="model"
+            )
+        out_tokens = max_output_tokens(body, self.config.limits.default_max_output_tokens)
+        try:
+            call.admitted = self.limiter.admit(
+                client.name,
+                rpm=client.rpm,
+                tpm=client.tpm,
+                est_tokens=call.prompt_estimate + out_tokens,
+            )
+        except RelaygateError:
+            self.refused("rate_limit")
+            raise
+        call.headers.update(call.admitted.headers)
+        if client.monthly_budget_usd is None:
+            return
+        worst = max(self.rates(t).worst_case(call.prompt_estimate, out_tokens) for t in plan)
+        try:
+            call.reservation = self.budgets.reserve(client.name, client.monthly_budget_usd, worst)
+        except BudgetExceeded:
+            call.admitted.cancel()
+            self.refused("budget")
+            raise
+
+    def finish(
+        self,
+        call: Call,
+        *,
+        target: Target | None,
+        key_id: str | None,
+        status: int,
+        error_code: str | None = None,
+        usage: Usage | None = None,
+        attempts: int = 0,
+        cache: str = "bypass",
+    ) -> None:
+        if call.done:
+            return
+        call.done = True
+        latency = time.perf_counter() - call.t0
+        usage = usage or Usage()
+        cost = self.rates(target).cost(usage) if target is not None else 0.0
+        if call.reservation is not None:
+            call.reservation.settle(cost)
+        if call.admitted is not None:
+            call.admitted.settle(usage.total_tokens)
+        provider = target.provider if target else ""
+        model = target.model if target else ""
+        self.ledger.record(
+            LedgerRow(
+                id=call.request_id,
+                ts=call.ts,
+                client=call.client.name if call.client else None,
+                route=call.route,
+                provider=target.provider if target else None,
+                model=target.model if target else None,
+                key_id=key_id,
+                status=status,
+                error_code=error_code,
+                latency_ms=int(latency * 1000),
+                ttft_ms=call.ttft_ms,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                cached_tokens=usage.cached_tokens,
+                cost_usd=cost,
+                cache=cache,
+                stream=call.stream,
+                attempts=attempts,
+                estimated=usage.estimated,
+            )
+        )
+        m = self.metrics
+        m.requests.labels(call.route, provider, model, str(status)).inc()
+        m.latency.labels(provider).observe(latency)
+        if call.ttft_ms is not None:
+            m.ttft.labels(provider).observe(call.ttft_ms / 1000)
+        if usage.total_tokens:
+            m.tokens.labels(provider, model, "prompt").inc(usage.prompt_tokens)
+            m.tokens.labels(provider, model, "completion").inc(usage.completion_tokens)
+        if cost:
+            m.cost.labels(provider, model).inc(cost)
