@@ -9,12 +9,18 @@ import hmac
 import secrets
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
+from relaygate.auth.weekly import is_current
 from relaygate.config.model import Config
 from relaygate.storage.sqlite import SQLiteStore
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 def hash_key(key: str) -> str:
@@ -41,10 +47,16 @@ class ClientInfo:
     models: tuple[str, ...] | None = None
 
 
+WEEKLY_CLIENT = ClientInfo(id="weekly", name="weekly-key", source="weekly")
+
+
 class ClientRegistry:
-    def __init__(self, config: Config, store: SQLiteStore | None) -> None:
+    def __init__(
+        self, config: Config, store: SQLiteStore | None, clock: Callable[[], datetime] = _utcnow
+    ) -> None:
         self._config = config
         self._store = store
+        self.clock = clock
         self._static: dict[str, ClientInfo] = {}
         for i, c in enumerate(config.clients):
             self._static[hash_key(c.key)] = ClientInfo(
@@ -91,7 +103,32 @@ class ClientRegistry:
             found = table.get(digest)
             if found is not None and hmac.compare_digest(found.key_hash, digest):
                 return found
+        secret = self._config.admin_secret
+        weekly = self._config.client_key_rotation == "weekly" and secret
+        if weekly and is_current(presented, str(secret), self.clock()):
+            return WEEKLY_CLIENT
         return None
+
+    def issued(self) -> list[dict[str, Any]]:
+        """Issued clients as anyone with the admin secret may see them: never a hash."""
+        if self._store is None:
+            return []
+        return [
+            {k: v for k, v in row.items() if k != "key_hash"} for row in self._store.list_clients()
+        ]
+
+    def update(self, client_id: str, **limits: Any) -> dict[str, Any] | None:
+        assert self._store is not None
+        if not self._store.update_client(client_id, limits):
+            return None
+        self.reload()
+        return next((c for c in self.issued() if c["id"] == client_id), None)
+
+    def revoke(self, client_id: str) -> bool:
+        assert self._store is not None
+        done = self._store.revoke_client(client_id)
+        self.reload()
+        return done
 
     def issue(self, name: str, **limits: Any) -> tuple[str, dict[str, Any]]:
         """Create a client key; the plain key is returned once and only its hash is stored."""

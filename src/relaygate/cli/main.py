@@ -165,6 +165,70 @@ def upstream_check(config: ConfigOpt = None) -> None:
     raise typer.Exit(run_check(_load(config)))
 
 
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option("--name", help="Client name (shown in reports).")],
+    rpm: Annotated[int | None, typer.Option(help="Requests per minute.")] = None,
+    tpm: Annotated[int | None, typer.Option(help="Tokens per minute.")] = None,
+    budget: Annotated[float | None, typer.Option(help="Monthly budget in USD.")] = None,
+    models: Annotated[str | None, typer.Option(help="Allowed models, comma-separated.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Issue a client key: printed once, stored only as a hash."""
+    from relaygate.cli.keys import create_key
+
+    allowed = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    create_key(_load(config), name, rpm=rpm, tpm=tpm, budget=budget, models=allowed)
+
+
+@keys_app.command("list")
+def keys_list(config: ConfigOpt = None) -> None:
+    """List issued client keys (never the keys)."""
+    from relaygate.cli.keys import list_keys
+
+    list_keys(_load(config))
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    client_id: Annotated[str, typer.Argument(help="Client id.")], config: ConfigOpt = None
+) -> None:
+    """Revoke an issued client key (a running server stops accepting it within a second)."""
+    from relaygate.cli.keys import revoke_key
+
+    if not revoke_key(_load(config), client_id):
+        raise _fail(f"no active client with id {client_id}", 1)
+    typer.echo(f"revoked {client_id}")
+
+
+@app.command("current-key")
+def current_key(config: ConfigOpt = None) -> None:
+    """Print this week's rotating client key (needs ADMIN_SECRET)."""
+    from relaygate.cli.keys import print_current_key
+
+    cfg = _load(config)
+    if not cfg.admin_secret:
+        raise _fail("the weekly key derives from ADMIN_SECRET: set it first")
+    print_current_key(cfg)
+
+
+@app.command()
+def report(
+    day: Annotated[str | None, typer.Option(help="A day, 2026-11-24 (default today, UTC).")] = None,
+    month: Annotated[str | None, typer.Option(help="A month, 2026-11.")] = None,
+    by: Annotated[str, typer.Option(help="client, provider, model, key or day.")] = "client",
+    config: ConfigOpt = None,
+) -> None:
+    """Usage report: requests, tokens, cost, errors and latency."""
+    from relaygate.cli.keys import print_report
+    from relaygate.errors import RelaygateError
+
+    try:
+        print_report(_load(config), by=by, day=day, month=month)
+    except RelaygateError as exc:
+        raise _fail(exc.message) from None
+
+
 def main() -> None:
     try:
         app()

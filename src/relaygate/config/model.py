@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 
 def _split_csv(value: Any) -> Any:
@@ -156,6 +156,14 @@ class Config(_Model):
             if not name or "/" in name or ":" in name:
                 raise ValueError(f"provider name {name!r} may not contain '/' or ':'")
         return value
+
+    @model_validator(mode="after")
+    def _rotation_needs_secret(self) -> Config:
+        if self.client_key_rotation == "weekly" and not self.admin_secret:
+            raise ValueError(
+                "client_key_rotation: weekly needs ADMIN_SECRET (the key derives from it)"
+            )
+        return self
 
     def secrets(self) -> list[str]:
         """Every secret this config holds, for the redaction helper."""

@@ -18,7 +18,7 @@ from relaygate.config.model import Config
 from relaygate.errors import RelaygateError
 from relaygate.gateway import Gateway
 from relaygate.http._common import request_id
-from relaygate.http.routes import admin, chat, models, status
+from relaygate.http.routes import admin, chat, clients, models, status, usage
 
 log = logging.getLogger("relaygate.http")
 _INTERNAL = (
@@ -104,7 +104,8 @@ def create_app(
     app.add_exception_handler(HTTPException, _http_error)
     for module in (chat, models, status):
         app.include_router(module.router)
-    if gw.config.admin_secret:
-        app.include_router(admin.router)
+    if gw.config.admin_secret:  # the admin API exists only with a secret (SPEC §5)
+        for admin_module in (admin, clients, usage):
+            app.include_router(admin_module.router)
     app.add_middleware(ErrorBoundary)
     return app

@@ -158,11 +158,31 @@ class SQLiteStore:
             out.append(item)
         return out
 
+    def update_client(self, client_id: str, changes: dict[str, Any]) -> bool:
+        allowed = {
+            k: v
+            for k, v in changes.items()
+            if k in ("name", "rpm", "tpm", "monthly_budget_usd", "models")
+        }
+        if "models" in allowed and allowed["models"] is not None:
+            allowed["models"] = json.dumps(allowed["models"])
+        if not allowed:
+            return bool(
+                self.query("SELECT id FROM clients WHERE id=? AND revoked_at IS NULL", (client_id,))
+            )
+        sets = ", ".join(f"{k}=:{k}" for k in allowed)
+        with self._lock:
+            cur = self._db.execute(
+                f"UPDATE clients SET {sets} WHERE id=:_id AND revoked_at IS NULL",
+                {**allowed, "_id": client_id},
+            )
+        return cur.rowcount > 0
+
     def revoke_client(self, client_id: str) -> bool:
         with self._lock:
             cur = self._db.execute(
-                "UPDATE clients SET revoked_at=? WHERE (id=? OR name=?) AND revoked_at IS NULL",
-                (time.time(), client_id, client_id),
+                "UPDATE clients SET revoked_at=? WHERE id=? AND revoked_at IS NULL",
+                (time.time(), client_id),
             )
         return cur.rowcount > 0
 
