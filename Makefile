@@ -31,5 +31,10 @@ typecheck: dev-venv
 test: lint typecheck
 	$(BIN)/python -m pytest -q
 
+# The benchmark (bench/README.md): 10-20 minutes; BENCH_QUICK=1 for a short smoke run.
+# Not part of `make test`.
+bench: venv
+	$(BIN)/python bench/run.py
+
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

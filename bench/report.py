@@ -1,0 +1,384 @@
+"""Writes bench/RESULTS.md from one run's raw figures: summary, goals (met / not met), details,
+the profile ranked by function and by layer, commands, versions. A hand-written analysis in
+bench/ANALYSIS.md (if present) is included as it stands, marked with the run it was written for."""
+
+from __future__ import annotations
+
+import re
+import statistics
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+SCENARIOS = """\
+S1: wrk, non-streaming, 50 connections. S2: wrk, streaming (20 content chunks, usage chunk,
+[DONE]), 50 connections. S3: open loop at {rate} req/s, latency from the scheduled send time.
+S4: {streams} concurrent streams, 200 ms to first byte, 20 chunks 100 ms apart; max gap is the
+worst gap between two reads of one stream over all runs; peak RSS sampled every 50 ms during S4.
+CPU µs/req: the target's user+system CPU time during S1 divided by its requests."""
+_FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
+
+
+def _med(runs: list[dict[str, Any]], key: str) -> float | None:
+    vals = [r[key] for r in runs if isinstance(r.get(key), (int, float))]
+    return statistics.median(vals) if vals else None
+
+
+def _f(value: float | None, fmt: str = "{:,.0f}") -> str:
+    return "n/a" if value is None or value != value else fmt.format(value)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+class Figures:
+    """Medians per target and scenario, and the derived figures the goals use."""
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        self.raw = raw
+        self.res: dict[str, dict[str, list[dict[str, Any]]]] = raw.get("results", {})
+        self.targets = list(self.res.get("S1", {}))
+
+    def med(self, scen: str, target: str, key: str) -> float | None:
+        return _med(self.res.get(scen, {}).get(target, []), key)
+
+    def added(self, scen: str, target: str, key: str) -> float | None:
+        t, d = self.med(scen, target, key), self.med(scen, "direct", key)
+        return t - d if t is not None and d is not None else None
+
+    def s4_all_complete(self, target: str) -> bool | None:
+        runs = self.res.get("S4", {}).get(target, [])
+        return all(r["completed"] == r["streams"] for r in runs) if runs else None
+
+    def s4_worst(self, target: str, key: str) -> float | None:
+        vals = [r[key] for r in self.res.get("S4", {}).get(target, [])]
+        return max(vals) if vals else None
+
+    def startup(self, target: str) -> float | None:
+        vals = self.raw.get("startup_s", {}).get(target)
+        return statistics.median(vals) if vals else None
+
+
+def summary_table(fg: Figures) -> list[str]:
+    head = (
+        "| target | S1 req/s | S1 CPU µs/req | S2 streams/s | S3 p50 ms | S3 p99 ms | S3 errors |"
+        " S4 done | S4 max gap ms | S4 peak RSS MB | start-up s | idle RSS MB |"
+    )
+    lines = [head, "|" + "---|" * 12]
+    for t in fg.targets:
+        s4 = fg.res.get("S4", {}).get(t, [])
+        done = f"{min(r['completed'] for r in s4)}/{s4[0]['streams']}" if s4 else "n/a"
+        errs = sum(r["error_count"] for r in fg.res.get("S3", {}).get(t, []))
+        lines.append(
+            f"| {t} | {_f(fg.med('S1', t, 'rps'))} | {_f(fg.med('S1', t, 'cpu_us_per_req'))} "
+            f"| {_f(fg.med('S2', t, 'rps'))} | {_f(fg.med('S3', t, 'p50_ms'), '{:.2f}')} "
+            f"| {_f(fg.med('S3', t, 'p99_ms'), '{:.2f}')} | {errs} | {done} "
+            f"| {_f(fg.s4_worst(t, 'gap_max_ms'))} | {_f(fg.s4_worst(t, 'peak_rss_mb'), '{:.1f}')} "
+            f"| {_f(fg.startup(t), '{:.2f}') if t != 'direct' else '-'} "
+            f"| {_f(fg.raw.get('idle_rss_mb', {}).get(t), '{:.1f}')} |"
+        )
+    return lines
+
+
+def goals(fg: Figures) -> list[str]:
+    rg = "relaygate"
+    s1 = {t: fg.med("S1", t, "rps") for t in fg.targets}
+    imp = fg.raw.get("import", {}).get("import_ms")
+    peak = fg.s4_worst(rg, "peak_rss_mb")
+    rows: list[tuple[str, str, bool | None]] = [
+        (
+            "S1 throughput >= 0.7 x minimal relay",
+            _f(_ratio(s1.get(rg), s1.get("minimal")), "{:.2f} x")
+            + f" ({_f(s1.get(rg))} vs {_f(s1.get('minimal'))} req/s)",
+            _ok(_ratio(s1.get(rg), s1.get("minimal")), ">=", 0.7),
+        ),
+        (
+            "S1 throughput >= 30 x LiteLLM",
+            _f(_ratio(s1.get(rg), s1.get("litellm")), "{:.1f} x")
+            + f" ({_f(s1.get(rg))} vs {_f(s1.get('litellm'))} req/s)",
+            _ok(_ratio(s1.get(rg), s1.get("litellm")), ">=", 30),
+        ),
+        (
+            "S3 added latency p50 <= 1 ms",
+            _f(fg.added("S3", rg, "p50_ms"), "{:+.2f} ms"),
+            _ok(fg.added("S3", rg, "p50_ms"), "<=", 1.0),
+        ),
+        (
+            "S3 added latency p99 <= 3 ms",
+            _f(fg.added("S3", rg, "p99_ms"), "{:+.2f} ms"),
+            _ok(fg.added("S3", rg, "p99_ms"), "<=", 3.0),
+        ),
+        ("S4 all streams complete", str(fg.s4_all_complete(rg)), fg.s4_all_complete(rg)),
+        (
+            "S4 no inter-chunk gap > 200 ms added",
+            _f(_added_gap(fg, rg), "{:+.0f} ms")
+            + f" (worst gap {_f(fg.s4_worst(rg, 'gap_max_ms'))} vs direct "
+            f"{_f(fg.s4_worst('direct', 'gap_max_ms'))} ms)",
+            _ok(_added_gap(fg, rg), "<=", 200),
+        ),
+        ("S4 peak RSS <= 150 MB", _f(peak, "{:.1f} MB"), _ok(peak, "<=", 150)),
+        ("start-up < 1 s", _f(fg.startup(rg), "{:.2f} s"), _ok(fg.startup(rg), "<", 1.0)),
+        (
+            "idle RSS < 80 MB",
+            _f(fg.raw.get("idle_rss_mb", {}).get(rg), "{:.1f} MB"),
+            _ok(fg.raw.get("idle_rss_mb", {}).get(rg), "<", 80),
+        ),
+        ("import relaygate < 300 ms", _f(imp, "{:.0f} ms"), _ok(imp, "<", 300)),
+    ]
+    lines = ["| goal | measured | met |", "|---|---|---|"]
+    for goal, measured, ok in rows:
+        verdict = "n/a" if ok is None else ("met" if ok else "**not met**")
+        lines.append(f"| {goal} | {measured} | {verdict} |")
+    return lines
+
+
+def _added_gap(fg: Figures, target: str) -> float | None:
+    t, d = fg.s4_worst(target, "gap_max_ms"), fg.s4_worst("direct", "gap_max_ms")
+    return t - d if t is not None and d is not None else None
+
+
+def _ok(value: float | None, op: str, limit: float) -> bool | None:
+    if value is None or value != value:
+        return None
+    return {"<": value < limit, "<=": value <= limit, ">=": value >= limit}[op]
+
+
+def ratios(fg: Figures) -> list[str]:
+    out = []
+    for scen, label in (("S1", "S1 req/s"), ("S2", "S2 streams/s")):
+        vals = {t: fg.med(scen, t, "rps") for t in fg.targets}
+        parts = [
+            f"relaygate / {other} = {_f(_ratio(vals.get('relaygate'), vals.get(other)), '{:.2f}')}"
+            for other in ("minimal", "litellm", "direct")
+            if other in vals
+        ]
+        out.append(f"- {label}: " + "; ".join(parts))
+    for t in fg.targets:
+        if t == "direct":
+            continue
+        out.append(
+            f"- S3 latency added over direct, {t}: "
+            f"p50 {_f(fg.added('S3', t, 'p50_ms'), '{:+.2f}')} ms,"
+            f" p99 {_f(fg.added('S3', t, 'p99_ms'), '{:+.2f}')} ms"
+        )
+    return out
+
+
+def details(fg: Figures) -> list[str]:
+    keys = {
+        "S1": ("rps", "lat_p50_us", "lat_p99_us", "errors", "cpu_us_per_req"),
+        "S2": ("rps", "lat_p50_us", "lat_p99_us", "errors", "cpu_us_per_req"),
+        "S3": ("p50_ms", "p90_ms", "p99_ms", "max_ms", "error_count", "send_lag_max_ms"),
+        "S4": (
+            "completed",
+            "ttfb_p50_ms",
+            "ttfb_max_ms",
+            "gap_p99_ms",
+            "gap_max_ms",
+            "peak_rss_mb",
+            "wall_s",
+        ),
+    }
+    out: list[str] = []
+    for scen, cols in keys.items():
+        out += ["", f"**{scen}** (every run)", "", "| target | run | " + " | ".join(cols) + " |"]
+        out.append("|" + "---|" * (len(cols) + 2))
+        for t, runs in fg.res.get(scen, {}).items():
+            for i, r in enumerate(runs, 1):
+                vals = [_f(r.get(c), "{:,.1f}") for c in cols]
+                out.append(f"| {t} | {i} | " + " | ".join(vals) + " |")
+        errs = {t: [r.get("errors") for r in runs] for t, runs in fg.res.get(scen, {}).items()}
+        if scen in ("S3", "S4") and any(any(e for e in v) for v in errs.values()):
+            out.append("")
+            out.append(f"{scen} errors by kind: " + "; ".join(f"{t}: {v}" for t, v in errs.items()))
+    return out
+
+
+def _layer(path: str) -> str:
+    head = path.split("/", 1)[0] if "/" in path else "(python)"
+    if path.startswith("/") or "python3" in path:
+        head = path.rsplit("/", 2)[-2] if path.count("/") >= 2 else "(python)"
+    return head
+
+
+def profile_lines(raw_path: Path, *, top: int = 25) -> list[str]:
+    if not raw_path.exists():
+        return [f"(no profile at {raw_path})"]
+    self_t: Counter[str] = Counter()
+    incl: Counter[str] = Counter()
+    layers: Counter[str] = Counter()
+    total = 0
+    for line in raw_path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = []
+        for fr in stack.split(";"):
+            m = _FRAME.match(fr)
+            frames.append((m["func"], m["file"]) if m else (fr, "?"))
+        if not frames:
+            continue
+        func, file = frames[-1]
+        self_t[f"{file}:{func}"] += n
+        layers[_layer(file)] += n
+        for key in {
+            f"{file}:{func}"
+            for func, file in frames
+            if file.startswith("relaygate/") and not file.startswith("relaygate/cli/")
+        }:
+            incl[key] += n
+    if not total:
+        return ["(empty profile)"]
+    pct = lambda n: f"{100 * n / total:.1f}%"  # noqa: E731
+    out = [
+        f"{total} samples (py-spy at 250 Hz, `--gil`: only the thread holding the GIL, i.e. "
+        "where the one core's time goes).",
+        "",
+        "Self time by package:",
+        "",
+    ]
+    out += ["| package | self |", "|---|---|"]
+    out += [f"| {k} | {pct(v)} |" for k, v in layers.most_common(12)]
+    out += [
+        "",
+        f"Top {top} functions by self time:",
+        "",
+        "| # | function | self |",
+        "|---|---|---|",
+    ]
+    out += [f"| {i} | `{k}` | {pct(v)} |" for i, (k, v) in enumerate(self_t.most_common(top), 1)]
+    out += ["", "relaygate functions by inclusive time (their own code and all they call):", ""]
+    out += ["| # | function | inclusive |", "|---|---|---|"]
+    out += [f"| {i} | `{k}` | {pct(v)} |" for i, (k, v) in enumerate(incl.most_common(20), 1)]
+    return out
+
+
+def write_report(raw: dict[str, Any], out: Path, *, bench_dir: Path) -> None:
+    fg = Figures(raw)
+    v = raw.get("versions", {})
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    lines = [
+        "# relaygate benchmark results",
+        "",
+        f"Generated by `make bench` (bench/run.py) on {when}, relaygate commit "
+        f"{v.get('relaygate commit', '?')}, in {raw.get('elapsed_s', 0) / 60:.1f} min."
+        + (" **QUICK smoke run: short runs, figures not meaningful.**" if raw.get("quick") else ""),
+        "",
+        "Set-up: every target pinned to core 0 (`taskset -c 0`); wrk, the Python load clients and "
+        "the upstream mock that the relays forward to on core 1 (`taskset -c 1`). All targets are "
+        "alive for the whole run and measured in interleaved rounds; figures are medians of "
+        f"{raw.get('settings', {}).get('reps')} runs (LiteLLM S4: one run). 'direct' is a second "
+        "mock upstream on core 0, hit directly: the mock's own ceiling and the latency baseline.",
+        "",
+        "relaygate features on: "
+        + ", ".join(
+            f"{k}: {'on' if on else 'NOT AVAILABLE'}" for k, on in raw.get("features", {}).items()
+        )
+        + ".",
+        "",
+        "## Goals (issue 7)",
+        "",
+        *goals(fg),
+        "",
+        "## Summary (medians)",
+        "",
+        *summary_table(fg),
+        "",
+        *ratios(fg),
+        "",
+        SCENARIOS.format(
+            rate=raw.get("settings", {}).get("s3_rate"),
+            streams=raw.get("settings", {}).get("s4_streams"),
+        ),
+        "",
+    ]
+    lines += _load_section(raw)
+    imp = raw.get("import", {})
+    lines += [
+        "## Import and start-up",
+        "",
+        f"- `import relaygate`: median {_f(imp.get('import_ms'), '{:.0f}')} ms in-process "
+        f"(runs: {imp.get('import_runs_ms')}); whole `python -c` process "
+        f"{_f(imp.get('process_wall_ms'), '{:.0f}')} ms. Command: `{imp.get('command')}`",
+        "- Start-up to the first 200 on the health path, every run (s): "
+        + "; ".join(
+            f"{k}: {[round(x, 3) for x in vals]}" for k, vals in raw.get("startup_s", {}).items()
+        ),
+        f"- RSS after the whole run (MB): {_rounded(raw.get('rss_after_mb'))}; "
+        f"VmHWM (lifetime peak, MB): {_rounded(raw.get('hwm_mb'))}",
+        "",
+        "Heaviest imports under `import relaygate` (cumulative µs, `python -X importtime`):",
+        "",
+        *[f"- {us:,} µs `{name.strip()}`" for us, name in imp.get("top_cumulative_us", [])[:10]],
+        "",
+        "## Profile of relaygate",
+        "",
+    ]
+    prof = raw.get("profile", {})
+    for scen, p in prof.items():
+        lines += [
+            f"### Under {scen} ({_f(p.get('load_rps'))} req/s while sampled)",
+            "",
+            f"Commands: {'; '.join(f'`{c}`' for c in p.get('commands', []))}",
+            "",
+        ]
+        if scen == "S1":
+            lines += ["Flame graph: [profile-s1.svg](profile-s1.svg).", ""]
+        lines += [*profile_lines(Path(p["raw"])), ""]
+    if not prof:
+        lines += ["(not profiled in this run)", ""]
+    analysis = bench_dir / "ANALYSIS.md"
+    if analysis.exists():
+        lines += [analysis.read_text().rstrip(), ""]
+    lines += ["## Details", *details(fg), "", "## Commands", ""]
+    for name, cmd in raw.get("commands", {}).items():
+        lines.append(f"- {name}: `{cmd}`")
+    for scen in ("S1", "S2", "S3", "S4"):
+        runs = fg.res.get(scen, {}).get("relaygate") or []
+        if runs:
+            lines.append(
+                f"- {scen} load (relaygate; the other targets differ only in URL, model and key):"
+                f" `{runs[0]['command']}`"
+            )
+    lines += [
+        "",
+        "relaygate config used:",
+        "",
+        "```yaml",
+        raw.get("relaygate_config", "").rstrip(),
+        "```",
+        "",
+    ]
+    lines += ["## Versions", ""] + [f"- {k}: {val}" for k, val in v.items()]
+    if raw.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in raw["notes"]]
+    out.write_text("\n".join(lines) + "\n")
+
+
+def _rounded(d: dict[str, float] | None) -> str:
+    return ", ".join(f"{k} {v:.1f}" for k, v in (d or {}).items())
+
+
+def _load_section(raw: dict[str, Any]) -> list[str]:
+    snaps = raw.get("load", [])
+    busy = sorted({name for s in snaps for name, _ in s.get("busy_elsewhere", [])})
+    out = ["## Machine load during the run", ""]
+    for s in snaps:
+        out.append(
+            f"- {s['when']}: load average {' '.join(s['loadavg'])}; other processes busy: "
+            + (", ".join(f"{n} {c:.0%}" for n, c in s["busy_elsewhere"]) or "none")
+        )
+    if busy:
+        out += [
+            "",
+            "**Other work was running on this machine during the run** ("
+            + ", ".join(busy)
+            + "): the cores were not exclusive to the bench, so absolute figures may be low and "
+            "noisy; the interleaved rounds keep the ratios between targets fairer than the "
+            "absolute numbers.",
+        ]
+    return [*out, ""]

@@ -1,0 +1,569 @@
+"""The benchmark (issue 7): `make bench`, or `BENCH_QUICK=1 make bench` for a short smoke run.
+
+Every target runs pinned to core 0 (`taskset -c 0`); the load generators and the upstream mock
+that the relays forward to run on core 1. Targets, all alive during one run and measured in
+interleaved rounds so drift hits each alike:
+  direct     - a second mock upstream, hit directly (the mock's own ceiling and the baseline);
+  relaygate  - `relaygate serve` with client auth, a 3-key round-robin pool (see TODO below);
+  minimal    - bench/minimal_relay.py, the yardstick;
+  litellm    - LiteLLM's proxy from its own venv (bench/.venv-litellm), one worker, no database.
+Scenarios: S1 (wrk, non-streaming, 50 connections), S2 (wrk, streaming, 20 chunks), S3 (open
+loop at 200 req/s), S4 (1,000 concurrent slow streams), start-up, idle RSS, import time; then a
+py-spy profile of relaygate under S1. Writes bench/RESULTS.md (quick runs write
+bench/results/RESULTS-quick.md) and the raw figures to bench/results/.
+
+TODO(bench) - relaygate's configuration is probed at run time (relaygate_features below): each
+feature is switched on when its config key exists in src/relaygate/config/model.py, and the
+report lists what was on. Still to do as relaygate grows:
+  - client rate limits: clients[].rpm / tpm, set far above the offered load so they never refuse
+    (they still do all their bookkeeping); on when ClientConfig has rpm/tpm (it does since the
+    accounting commit 4ee2371);
+  - the usage ledger (SPEC §9): `ledger: {enabled: true}`, batched writes to
+    ./relaygate-data/relaygate.db; on when Config has `ledger`;
+  - budgets (clients[].monthly_budget_usd + pricing:): not part of issue 7's feature list, so
+    off; switch on here if the goals are to include budget reservations;
+  - Redis (redis_url) is deliberately off: the goals are for one process with embedded defaults;
+  - metrics (/metrics, prometheus-client) are always on in relaygate; nothing to configure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _procs import RssSampler, Server, cpu_seconds, free_port, hwm_mb, rss_mb, tree
+from report import write_report
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+PY = REPO / ".venv" / "bin" / "python"
+RELAYGATE = REPO / ".venv" / "bin" / "relaygate"
+LITELLM_VENV = BENCH / ".venv-litellm"
+TOOLS_VENV = BENCH / ".venv-tools"
+RESULTS_DIR = BENCH / "results"
+CLIENT_KEY = "rg-bench-client-key-0123456789abcdefghijkl"
+LITELLM_KEY = "sk-bench-litellm-master-key"
+BASE_MODEL = "gpt-4o-mini"
+SLOW_MODEL = "gpt-4o-mini-ttfb200-gap100-n20"  # the mock reads delays from the model name
+TARGET_CPU, LOAD_CPU = "0", "1"
+
+RELAYGATE_CONFIG = """\
+# Written by bench/run.py: client auth (static key), a 3-key round-robin pool{extra_doc}.
+providers:
+  mock:
+    type: openai
+    base_url: {upstream}
+    keys: [sk-mock-key-1, sk-mock-key-2, sk-mock-key-3]
+    key_strategy: round_robin
+    models: [{base}, {slow}]
+clients:
+  - {{name: bench, key: "{key}"{limits}}}
+{ledger}"""
+
+LITELLM_CONFIG = """\
+model_list:
+{models}
+general_settings:
+  master_key: {key}
+litellm_settings:
+  telemetry: false
+  set_verbose: false
+"""
+
+
+class Settings:
+    def __init__(self, quick: bool) -> None:
+        self.quick = quick
+        self.reps = 1 if quick else 3
+        self.s1_s = 2 if quick else 10
+        self.s2_s = 2 if quick else 10
+        self.s3_s = 2 if quick else 10
+        self.s3_rate = 200
+        self.s4_streams = 200 if quick else 1000
+        self.startup_reps = 2 if quick else 5
+        self.import_reps = 3 if quick else 9
+        self.profile_s = 3 if quick else 10
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """A small environment: no provider keys, DATABASE_URL or REDIS_URL leak into a target."""
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TERM", "TZ")
+    env = {k: os.environ[k] for k in keep if k in os.environ}
+    env.update(extra)
+    return env
+
+
+# --- set-up ---------------------------------------------------------------------------------------
+def ensure_wrk() -> None:
+    if shutil.which("wrk"):
+        return
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        log("installing wrk from Debian (apt-get)")
+        subprocess.run(["apt-get", "update", "-qq"], check=False)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=False)
+    if not shutil.which("wrk"):
+        sys.exit("wrk is needed: apt-get install -y wrk")
+
+
+def ensure_venv(path: Path, packages: list[str], probe: str) -> str | None:
+    """Create `path` with `packages` unless `probe` already exists in it. None, or why it failed."""
+    if (path / "bin" / probe).exists():
+        return None
+    log(f"installing {' '.join(packages)} into {path.relative_to(REPO)} (once)")
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
+        done = subprocess.run(
+            [str(path / "bin" / "pip"), "install", "-q", *packages],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+    except (subprocess.SubprocessError, OSError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    if done.returncode != 0 or not (path / "bin" / probe).exists():
+        tail = [ln for ln in done.stderr.splitlines() if "WARNING: Location" not in ln][-5:]
+        return f"pip exited {done.returncode}: " + " | ".join(tail)
+    return None
+
+
+def versions(litellm_ok: bool) -> dict[str, str]:
+    def out(cmd: list[str]) -> str:
+        try:
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        except (subprocess.SubprocessError, OSError):
+            return "?"
+        return (res.stdout or res.stderr).strip().splitlines()[0] if res.returncode == 0 else "?"
+
+    probe = (
+        "import importlib.metadata as m;"
+        "print(' '.join(f'{p}=={m.version(p)}' for p in "
+        "('relaygate','aiohttp','uvicorn','uvloop','httptools','orjson','fastapi','starlette')))"
+    )
+    found = {
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "cpu": _cpu_model(),
+        "cores": str(os.cpu_count()),
+        "relaygate commit": out(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]),
+        "packages (project venv)": out([str(PY), "-c", probe]),
+        "wrk": out(["wrk", "--version"]).split(" Copyright")[0],
+    }
+    if litellm_ok:
+        found["litellm"] = out(
+            [
+                str(LITELLM_VENV / "bin" / "python"),
+                "-c",
+                "import importlib.metadata as m; print(m.version('litellm'))",
+            ]
+        )
+    spy = TOOLS_VENV / "bin" / "py-spy"
+    if spy.exists():
+        found["py-spy"] = out([str(spy), "--version"])
+    return found
+
+
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "?"
+
+
+def busy_elsewhere(mine: set[int], seconds: float = 1.0) -> list[tuple[str, float]]:
+    """Processes not started by the bench using CPU right now: (name, share of one core)."""
+
+    def snap() -> dict[int, tuple[str, float]]:
+        found = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                raw = (entry / "stat").read_text()
+            except OSError:
+                continue
+            name = raw[raw.find("(") + 1 : raw.rfind(")")]
+            fields = raw.rsplit(")", 1)[1].split()
+            found[int(entry.name)] = (name, (int(fields[11]) + int(fields[12])) / 100)
+        return found
+
+    before = snap()
+    time.sleep(seconds)
+    after = snap()
+    busy = []
+    for pid, (name, cpu) in after.items():
+        if pid in mine or pid == os.getpid() or pid not in before:
+            continue
+        share = (cpu - before[pid][1]) / seconds
+        if share >= 0.05:
+            busy.append((name, round(share, 2)))
+    return sorted(busy, key=lambda x: -x[1])
+
+
+def load_snapshot(label: str, mine: set[int]) -> dict[str, Any]:
+    snap = {
+        "when": label,
+        "loadavg": Path("/proc/loadavg").read_text().split()[:3],
+        "busy_elsewhere": busy_elsewhere(mine),
+    }
+    log(f"load {label}: {snap['loadavg']} others busy: {snap['busy_elsewhere']}")
+    return snap
+
+
+# --- targets --------------------------------------------------------------------------------------
+class Target:
+    def __init__(self, name: str, server: Server, *, key: str = "", prefix: str = "") -> None:
+        self.name, self.server, self.key, self.prefix = name, server, key, prefix
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.port}/v1/chat/completions"
+
+    def model(self, base: str) -> str:
+        return self.prefix + base
+
+
+def mock_server(name: str, cpu: str, work: Path) -> Server:
+    port = free_port()
+    argv = [str(PY), str(BENCH / "mock_upstream.py"), "--port", str(port), "--max-seconds", "7200"]
+    return Server(name, argv, port, "/health", int(cpu), work, clean_env(), work / f"{name}.log")
+
+
+def relaygate_features() -> dict[str, bool]:
+    """Which of issue 7's features this checkout of relaygate can switch on (see TODO above)."""
+    code = (
+        "import json; from relaygate.config.model import Config, ClientConfig;"
+        "print(json.dumps([list(Config.model_fields), list(ClientConfig.model_fields)]))"
+    )
+    res = subprocess.run([str(PY), "-c", code], capture_output=True, text=True, check=True)
+    config_fields, client_fields = json.loads(res.stdout)
+    return {
+        "client auth (static key)": True,
+        "3-key pool, round_robin": True,
+        "client rate limits (rpm, tpm)": "rpm" in client_fields and "tpm" in client_fields,
+        "usage ledger": "ledger" in config_fields,
+    }
+
+
+def relaygate_config(upstream: str, features: dict[str, bool]) -> str:
+    limits = features["client rate limits (rpm, tpm)"]
+    ledger = features["usage ledger"]
+    extra = (", client rate limits" if limits else "") + (", the ledger" if ledger else "")
+    return RELAYGATE_CONFIG.format(
+        upstream=upstream,
+        base=BASE_MODEL,
+        slow=SLOW_MODEL,
+        key=CLIENT_KEY,
+        extra_doc=extra,
+        # far above any offered load: never refuses, but does all its bookkeeping
+        limits=", rpm: 1000000, tpm: 10000000000" if limits else "",
+        ledger="ledger: {enabled: true}\n" if ledger else "",
+    )
+
+
+def relaygate_server(config_text: str, work: Path) -> Server:
+    home = work / "relaygate"
+    home.mkdir(exist_ok=True)
+    cfg = home / "relaygate.yaml"
+    cfg.write_text(config_text)
+    port = free_port()
+    argv = [str(RELAYGATE), "serve", "--config", str(cfg), "--port", str(port)]
+    return Server("relaygate", argv, port, "/health", 0, home, clean_env(), work / "relaygate.log")
+
+
+def minimal_server(upstream: str, work: Path) -> Server:
+    port = free_port()
+    argv = [str(PY), str(BENCH / "minimal_relay.py"), "--port", str(port), "--upstream", upstream]
+    return Server("minimal", argv, port, "/health", 0, work, clean_env(), work / "minimal.log")
+
+
+def litellm_server(upstream: str, work: Path) -> Server:
+    home = work / "litellm"
+    home.mkdir(exist_ok=True)
+    entries = "".join(
+        f"  - model_name: {m}\n    litellm_params:\n      model: openai/{m}\n"
+        f"      api_base: {upstream}\n      api_key: sk-mock-key-1\n"
+        for m in (BASE_MODEL, SLOW_MODEL)
+    )
+    cfg = home / "litellm.yaml"
+    cfg.write_text(LITELLM_CONFIG.format(models=entries.rstrip("\n"), key=LITELLM_KEY))
+    port = free_port()
+    argv = [
+        str(LITELLM_VENV / "bin" / "litellm"),
+        *("--config", str(cfg), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"),
+    ]
+    env = clean_env(
+        LITELLM_LOCAL_MODEL_COST_MAP="True",  # no fetch of the price map from the internet
+        LITELLM_LOG="ERROR",
+        LITELLM_TELEMETRY="False",
+    )
+    return Server("litellm", argv, port, "/health/liveliness", 0, home, env, work / "litellm.log")
+
+
+# --- load generators ------------------------------------------------------------------------------
+def wrk(target: Target, *, seconds: int, stream: bool) -> dict[str, Any]:
+    env = clean_env(
+        BENCH_MODEL=target.model(BASE_MODEL),
+        BENCH_STREAM="1" if stream else "0",
+        BENCH_KEY=target.key,
+    )
+    cmd = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", "-c50", f"-d{seconds}s", "--timeout", "10s"]
+    cmd += ["-s", str(BENCH / "post.lua"), target.url]
+    cpu0 = cpu_seconds(target.server.pid)
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=seconds + 60)
+    cpu = cpu_seconds(target.server.pid) - cpu0
+    line = next((ln for ln in res.stdout.splitlines() if ln.startswith("WRKJSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk gave no result: {res.stdout[-500:]} {res.stderr[-500:]}")
+    data: dict[str, Any] = json.loads(line[8:])
+    data["rps"] = data["requests"] / (data["duration_us"] / 1e6)
+    data["errors"] = (
+        sum(data[k] for k in ("connect_errors", "read_errors", "write_errors", "status_errors"))
+        + data["timeouts"]
+    )
+    data["cpu_us_per_req"] = cpu * 1e6 / data["requests"] if data["requests"] else None
+    data["command"] = " ".join(f"{k}={v}" for k, v in env.items() if k.startswith("BENCH_"))
+    data["command"] += " " + " ".join(cmd)
+    return data
+
+
+def py_client(script: str, args: list[str], timeout: float) -> tuple[dict[str, Any], str]:
+    cmd = ["taskset", "-c", LOAD_CPU, str(PY), str(BENCH / script), *args]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=BENCH)
+    if res.returncode != 0:
+        raise RuntimeError(f"{script} failed: {res.stderr[-1000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1]), " ".join(cmd)
+
+
+def openloop(target: Target, s: Settings) -> dict[str, Any]:
+    args = ["--url", target.url, "--rate", str(s.s3_rate), "--duration", str(s.s3_s)]
+    args += ["--warmup", "1", "--timeout", "10", "--model", target.model(BASE_MODEL)]
+    if target.key:
+        args += ["--key", target.key]
+    data, cmd = py_client("openloop.py", args, timeout=s.s3_s + 60)
+    data["command"] = cmd
+    return data
+
+
+def streams(target: Target, s: Settings) -> dict[str, Any]:
+    args = ["--url", target.url, "--streams", str(s.s4_streams), "--timeout", "60"]
+    args += ["--model", target.model(SLOW_MODEL)]
+    if target.key:
+        args += ["--key", target.key]
+    with RssSampler(target.server.pid) as sampler:
+        data, cmd = py_client("streamclient.py", args, timeout=120)
+    data["peak_rss_mb"] = sampler.peak_mb
+    data["vm_hwm_mb"] = hwm_mb(target.server.pid)
+    data["command"] = cmd
+    return data
+
+
+# --- one-off measurements -------------------------------------------------------------------------
+def import_time(reps: int) -> dict[str, Any]:
+    code = "import time;t=time.perf_counter();import relaygate;print(time.perf_counter()-t)"
+    cmd = ["taskset", "-c", TARGET_CPU, str(PY), "-c", code]
+    inproc, wall = [], []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        res = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO)
+        wall.append(time.perf_counter() - t0)
+        inproc.append(float(res.stdout.strip()))
+    res = subprocess.run(
+        [str(PY), "-X", "importtime", "-c", "import relaygate"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    rows = []
+    for line in res.stderr.splitlines():
+        parts = [p.strip() for p in line.removeprefix("import time:").split("|")]
+        if len(parts) == 3 and parts[1].isdigit():
+            rows.append((int(parts[1]), parts[2]))
+    top = sorted(rows, reverse=True)[:12]
+    return {
+        "import_ms": statistics.median(inproc) * 1000,
+        "import_runs_ms": [round(v * 1000, 1) for v in inproc],
+        "process_wall_ms": statistics.median(wall) * 1000,
+        "top_cumulative_us": top,
+        "command": " ".join(cmd),
+    }
+
+
+def startup_times(make: Any, reps: int) -> list[float]:
+    out = []
+    for _ in range(reps):
+        server = make()
+        server.start()
+        try:
+            out.append(server.wait_ready(timeout=90))
+        finally:
+            server.stop()
+    return out
+
+
+def profile(target: Target, s: Settings, *, stream: bool, svg: Path | None) -> dict[str, Any]:
+    spy = TOOLS_VENV / "bin" / "py-spy"
+    tag = "s2" if stream else "s1"
+    raw = RESULTS_DIR / f"profile-{tag}.txt"
+    base = ["taskset", "-c", LOAD_CPU, str(spy), "record", "--pid", str(target.server.pid)]
+    # --gil: only the thread holding the GIL is sampled, i.e. where the one core's time goes
+    # (idle thread-pool workers would otherwise show up as busy)
+    base += ["--rate", "250", "--duration", str(s.profile_s), "--gil"]
+    cmds = [[*base, "--format", "raw", "-o", str(raw)]]
+    if svg is not None:
+        cmds.append([*base, "--format", "flamegraph", "-o", str(svg)])
+    used = []
+    for cmd in cmds:
+        spy_proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(0.5)
+        load = wrk(target, seconds=s.profile_s + 1, stream=stream)
+        try:
+            _, err = spy_proc.communicate(timeout=s.profile_s + 60)
+        except subprocess.TimeoutExpired:
+            spy_proc.kill()
+            err = b"timeout"
+        if spy_proc.returncode != 0:
+            log(f"py-spy failed: {err.decode(errors='replace')[-300:]}")
+        used.append(" ".join(cmd))
+        target.server.wait_idle()
+    return {"raw": str(raw), "commands": used, "load_rps": load["rps"]}
+
+
+# --- the run --------------------------------------------------------------------------------------
+def median_of(runs: list[dict[str, Any]], key: str) -> float | None:
+    vals = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.median(vals) if vals else None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="relaygate benchmark (issue 7)")
+    ap.add_argument("--quick", action="store_true", default=os.environ.get("BENCH_QUICK") == "1")
+    ap.add_argument(
+        "--skip-litellm", action="store_true", default=bool(os.environ.get("BENCH_SKIP_LITELLM"))
+    )
+    ap.add_argument("--no-profile", action="store_true")
+    args = ap.parse_args()
+    s = Settings(args.quick)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(max(soft, 65536), hard), hard))
+    if (os.cpu_count() or 1) < 2:
+        sys.exit("the bench needs 2 cores: one for the target, one for the load")
+    ensure_wrk()
+    RESULTS_DIR.mkdir(exist_ok=True)
+    notes: list[str] = []
+    spy_err = None if args.no_profile else ensure_venv(TOOLS_VENV, ["py-spy"], "py-spy")
+    if spy_err:
+        notes.append(f"py-spy could not be installed ({spy_err}); no profile.")
+    litellm_err: str | None = "skipped (BENCH_SKIP_LITELLM)" if args.skip_litellm else None
+    if litellm_err is None and s.quick and not (LITELLM_VENV / "bin" / "litellm").exists():
+        litellm_err = "skipped in a quick run (not installed yet; a full run installs it)"
+    if litellm_err is None:
+        litellm_err = ensure_venv(LITELLM_VENV, ["litellm[proxy]"], "litellm")
+    if litellm_err:
+        notes.append(f"LiteLLM not measured: {litellm_err}")
+    started = time.time()
+    work = Path(tempfile.mkdtemp(prefix="relaygate-bench-"))
+    servers: list[Server] = []
+    raw: dict[str, Any] = {"quick": s.quick, "notes": notes, "settings": vars(s), "load": []}
+    try:
+        raw["versions"] = versions(litellm_err is None)
+        upstream = mock_server("upstream-mock", LOAD_CPU, work)
+        upstream.start()
+        servers.append(upstream)
+        upstream.wait_ready()
+        up_url = f"http://127.0.0.1:{upstream.port}/v1"
+        raw["features"] = relaygate_features()
+        rg_config = relaygate_config(up_url, raw["features"])
+        raw["relaygate_config"] = rg_config
+
+        log("import time")
+        raw["import"] = import_time(s.import_reps)
+        log("start-up times")
+        makers = {
+            "relaygate": (lambda: relaygate_server(rg_config, work), s.startup_reps),
+            "minimal": (lambda: minimal_server(up_url, work), s.startup_reps),
+        }
+        if litellm_err is None:
+            makers["litellm"] = (lambda: litellm_server(up_url, work), 2 if not s.quick else 1)
+        raw["startup_s"] = {name: startup_times(make, n) for name, (make, n) in makers.items()}
+
+        direct_srv = mock_server("direct-mock", TARGET_CPU, work)
+        targets = [Target("direct", direct_srv)]
+        targets.append(
+            Target("relaygate", relaygate_server(rg_config, work), key=CLIENT_KEY, prefix="mock/")
+        )
+        targets.append(Target("minimal", minimal_server(up_url, work)))
+        if litellm_err is None:
+            targets.append(Target("litellm", litellm_server(up_url, work), key=LITELLM_KEY))
+        for t in targets:
+            t.server.start()
+            servers.append(t.server)
+            t.server.wait_ready(timeout=90)
+        time.sleep(2.0)
+        raw["idle_rss_mb"] = {t.name: rss_mb(t.server.pid) for t in targets}
+        raw["commands"] = {t.name: t.server.command for t in targets}
+        raw["commands"]["upstream-mock"] = upstream.command
+        mine = {os.getpid(), *(p for srv in servers for p in tree(srv.pid))}
+        raw["load"].append(load_snapshot("before", mine))
+        log("warm-up")
+        for t in targets:
+            wrk(t, seconds=1, stream=False)
+            t.server.wait_idle()
+
+        results: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        scenario_runs = [
+            ("S1", lambda t: wrk(t, seconds=s.s1_s, stream=False)),
+            ("S2", lambda t: wrk(t, seconds=s.s2_s, stream=True)),
+            ("S3", lambda t: openloop(t, s)),
+            ("S4", lambda t: streams(t, s)),
+        ]
+        for scen, fn in scenario_runs:
+            results[scen] = {t.name: [] for t in targets}
+            for rep in range(s.reps):
+                for t in targets:
+                    if scen == "S4" and t.name == "litellm" and rep > 0:
+                        continue  # one S4 run of LiteLLM is enough, and it is slow
+                    log(f"{scen} run {rep + 1}/{s.reps} {t.name}")
+                    t.server.wait_idle()
+                    results[scen][t.name].append(fn(t))
+            raw["load"].append(load_snapshot(f"after {scen}", mine))
+        raw["results"] = results
+        raw["rss_after_mb"] = {t.name: rss_mb(t.server.pid) for t in targets}
+        raw["hwm_mb"] = {t.name: hwm_mb(t.server.pid) for t in targets}
+
+        if not args.no_profile and not spy_err:
+            rg = next(t for t in targets if t.name == "relaygate")
+            log("profiling relaygate under S1 and S2 with py-spy")
+            svg = BENCH / "profile-s1.svg" if not s.quick else RESULTS_DIR / "profile-s1.svg"
+            raw["profile"] = {
+                "S1": profile(rg, s, stream=False, svg=svg),
+                "S2": profile(rg, s, stream=True, svg=None),
+            }
+    finally:
+        for srv in reversed(servers):
+            srv.stop()
+    raw["elapsed_s"] = time.time() - started
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (RESULTS_DIR / f"raw-{stamp}.json").write_text(json.dumps(raw, indent=1, default=str))
+    out = RESULTS_DIR / "RESULTS-quick.md" if s.quick else BENCH / "RESULTS.md"
+    write_report(raw, out, bench_dir=BENCH)
+    shutil.rmtree(work, ignore_errors=True)
+    log(f"wrote {out.relative_to(REPO)} in {raw['elapsed_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
