@@ -42,12 +42,6 @@ def build_providers(config: Config) -> dict[str, Provider]:
     return {name: registry.create(name, spec) for name, spec in specs.items()}
 
 
-def prompt_estimate(body: dict[str, Any], raw_size: int | None = None) -> int:
-    """A rough prompt token count (4 bytes a token), for cut-off streams and key limits."""
-    size = raw_size if raw_size is not None else len(orjson.dumps(body.get("messages", [])))
-    return max(1, size // 4)
-
-
 def _estimated(prompt: int, completion: int) -> Usage:
     return Usage(prompt, completion, estimated=True)
 
@@ -200,7 +194,7 @@ class Gateway:
                 body,
                 stream=call.stream,
                 include_usage=include_usage,
-                est_tokens=prompt_estimate(body),
+                est_tokens=call.prompt_estimate,
             )
         except RelaygateError as exc:
             self.accounting.finish(
