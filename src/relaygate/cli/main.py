@@ -63,24 +63,27 @@ def _serve(
     from relaygate.gateway import Gateway
     from relaygate.http.app import create_app
 
+    common: dict[str, Any] = {
+        "host": cfg.server.host,
+        "port": cfg.server.port,
+        "log_level": cfg.server.log_level.lower(),
+        "access_log": False,
+        "lifespan": "on",
+        "log_config": None,
+        "timeout_graceful_shutdown": 10,
+    }
+    if cfg.server.reload:  # development: uvicorn re-imports the app factory on every change
+        if config:
+            os.environ["RELAYGATE_CONFIG"] = config
+        uvicorn.run("relaygate.http.app:app_from_env", factory=True, reload=True, **common)
+        return
     try:
         gw = Gateway(cfg)
     except ConfigError as exc:
         raise _fail(f"config error: {exc}") from None
     setup_logging(cfg.server.log_level, json=cfg.server.log_json, redactor=gw.redact)
     application = create_app(gateway=gw)
-    uvicorn.run(
-        application,
-        host=cfg.server.host,
-        port=cfg.server.port,
-        log_level=cfg.server.log_level.lower(),
-        access_log=False,
-        lifespan="on",
-        loop="auto",
-        http="auto",
-        log_config=None,
-        timeout_graceful_shutdown=10,
-    )
+    uvicorn.run(application, **common)
 
 
 @app.command()

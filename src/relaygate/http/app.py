@@ -109,3 +109,14 @@ def create_app(
             app.include_router(admin_module.router)
     app.add_middleware(ErrorBoundary)
     return app
+
+
+def app_from_env() -> FastAPI:
+    """The app from the environment and config file (uvicorn --factory, `serve --reload`)."""
+    from relaygate._logging import setup_logging
+    from relaygate.config.load import load_config
+
+    config = load_config()
+    gw = Gateway(config)
+    setup_logging(config.server.log_level, json=config.server.log_json, redactor=gw.redact)
+    return create_app(gateway=gw)
