@@ -86,7 +86,6 @@ def _serve(
     uvicorn.run(application, **common)
 
 
-@app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default $PORT or 8000).")] = None,
@@ -99,17 +98,8 @@ def serve(
     _serve(host, port, workers, reload, log_level, config)
 
 
-@app.command("run-server", hidden=False)
-def run_server(
-    host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
-    port: Annotated[int | None, typer.Option(help="Port.")] = None,
-    workers: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
-    reload: Annotated[bool, typer.Option(help="Reload on code changes.")] = False,
-    log_level: Annotated[str | None, typer.Option(help="Log level.")] = None,
-    config: ConfigOpt = None,
-) -> None:
-    """Alias of `serve`."""
-    _serve(host, port, workers, reload, log_level, config)
+app.command("serve")(serve)
+app.command("run-server", help="Alias of `serve`: start the gateway.")(serve)
 
 
 @app.command()

@@ -14,21 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from relaygate.errors import ConfigError
+from relaygate.keys.pool import KeyState
 
-_KEY_COLUMNS = (
-    "key_id",
-    "provider",
-    "state",
-    "until",
-    "reason",
-    "fail_streak",
-    "next_cooldown_s",
-    "day",
-    "requests_today",
-    "tokens_today",
-    "requests_total",
-    "tokens_total",
-)
+_KEY_COLUMNS = ("key_id", "provider", *KeyState.PERSISTED)
 _CLIENT_COLUMNS = (
     "id",
     "name",
