@@ -328,7 +328,7 @@ def write_report(raw: dict[str, Any], out: Path, *, bench_dir: Path) -> None:
         ]
         if scen == "S1":
             lines += ["Flame graph: [profile-s1.svg](profile-s1.svg).", ""]
-        lines += [*profile_lines(Path(p["raw"])), ""]
+        lines += [*(p.get("table") or profile_lines(Path(p["raw"]))), ""]
     if not prof:
         lines += ["(not profiled in this run)", ""]
     analysis = bench_dir / "ANALYSIS.md"

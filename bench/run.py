@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from _procs import RssSampler, Server, cpu_seconds, free_port, hwm_mb, rss_mb, tree
-from report import write_report
+from report import profile_lines, write_report
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -440,7 +440,12 @@ def profile(target: Target, s: Settings, *, stream: bool, svg: Path | None) -> d
             log(f"py-spy failed: {err.decode(errors='replace')[-300:]}")
         used.append(" ".join(cmd))
         target.server.wait_idle()
-    return {"raw": str(raw), "commands": used, "load_rps": load["rps"]}
+    return {
+        "raw": str(raw),
+        "commands": used,
+        "load_rps": load["rps"],
+        "table": profile_lines(raw),  # kept in the raw figures: results/ is not committed
+    }
 
 
 # --- the run --------------------------------------------------------------------------------------
