@@ -160,6 +160,9 @@ def versions(litellm_ok: bool) -> dict[str, str]:
         "cpu": _cpu_model(),
         "cores": str(os.cpu_count()),
         "relaygate commit": out(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]),
+        "uncommitted changes in src/ (measured as they were)": out(
+            ["sh", "-c", f"git -C {REPO} status --porcelain src | wc -l | sed 's/$/ files/'"]
+        ),
         "packages (project venv)": out([str(PY), "-c", probe]),
         "wrk": out(["wrk", "--version"]).split(" Copyright")[0],
     }
