@@ -1,0 +1,446 @@
+"""Google Gemini generateContent (protocols.md §4): OpenAI chat in, contents out, answers and SSE
+streams back as OpenAI, and google.rpc.Status errors classified (400 API_KEY_INVALID is a bad key;
+a 429 with a PerDay quotaId parks the key until midnight Pacific time).
+
+Images must arrive as data: URLs (or Files API / gs:// URIs, sent as fileData). Other https image
+URLs get a 400: fetching arbitrary client-given URLs from the gateway would be an SSRF hole."""
+
+from __future__ import annotations
+
+import mimetypes
+import time
+from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import orjson
+
+from relaygate.providers import _translate as tr
+from relaygate.providers import base
+from relaygate.providers._native import (
+    NativeRelay,
+    as_int,
+    choice,
+    completion,
+    load_json,
+    new_call_id,
+    new_id,
+    tool_call,
+    usage_object,
+)
+from relaygate.providers._sse import SSEBuffer, parse_event
+from relaygate.providers.base import InBandFailure, ProviderMeta, parse_duration
+from relaygate.types import Failure, UpstreamRequest, Usage
+
+if TYPE_CHECKING:
+    from relaygate.config.model import ProviderConfig
+
+META = ProviderMeta(
+    kind="gemini",
+    default_base_url="https://generativelanguage.googleapis.com/v1beta",
+    env_aliases=("GOOGLE",),
+    model_prefixes=("gemini-", "gemma-"),
+)
+NAME = "Gemini"
+_FILE_URIS = ("gs://", "https://generativelanguage.googleapis.com/")
+_FILTERED = {"SAFETY", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "RECITATION"}
+_CHOICE_MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
+
+
+def finish_reason(native: Any) -> str:
+    if native == "MAX_TOKENS":
+        return "length"
+    if native in _FILTERED or str(native).startswith("IMAGE_"):
+        return "content_filter"
+    return "stop"  # STOP, OTHER, MALFORMED_FUNCTION_CALL, ...: tool calls are noted by the caller
+
+
+# --- request ------------------------------------------------------------------------------------
+def _media(url: str) -> dict[str, Any]:
+    found = tr.data_url(url)
+    if found is not None:
+        return {"inlineData": {"mimeType": found[0], "data": found[1]}}
+    if url.startswith(_FILE_URIS):
+        data: dict[str, Any] = {"fileUri": url}
+        mime = mimetypes.guess_type(url)[0]
+        if mime:
+            data["mimeType"] = mime
+        return {"fileData": data}
+    tr.invalid(
+        f"{NAME} needs the image bytes: send images as base64 data: URLs (the gateway does not "
+        "fetch image URLs).",
+        "messages",
+    )
+
+
+def _user_parts(content: Any) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for part in tr.parts(content):
+        kind = part.get("type", "text")
+        if kind == "text":
+            if part.get("text"):
+                out.append({"text": str(part["text"])})
+        elif kind == "image_url":
+            out.append(_media(tr.image_url(part)))
+        elif kind == "file" and isinstance(part.get("file"), dict):
+            out.append(_media(str(part["file"].get("file_data") or "")))
+        elif kind == "input_audio" and isinstance(part.get("input_audio"), dict):
+            audio = part["input_audio"]
+            mime = f"audio/{audio.get('format') or 'wav'}"
+            out.append({"inlineData": {"mimeType": mime, "data": str(audio.get("data") or "")}})
+        else:
+            tr.unsupported_part(kind, NAME)
+    return out
+
+
+def _native_id(call_id: str) -> str | None:
+    """A function call id Gemini itself gave (ours start with call_), to be sent back."""
+    plain, _ = tr.split_signature(call_id)
+    return plain if plain and not plain.startswith("call_") else None
+
+
+def _model_parts(message: Mapping[str, Any]) -> list[dict[str, Any]]:
+    text = tr.text_of(message.get("content"), "")
+    out: list[dict[str, Any]] = [{"text": text}] if text else []
+    for call_id, name, args in tr.tool_calls(message):
+        call: dict[str, Any] = {"name": name, "args": args}
+        if _native_id(call_id):
+            call["id"] = _native_id(call_id)
+        part: dict[str, Any] = {"functionCall": call}
+        signature = tr.split_signature(call_id)[1]
+        if signature:
+            part["thoughtSignature"] = signature
+        out.append(part)
+    return out
+
+
+def _function_response(message: Mapping[str, Any], names: Mapping[str, str]) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "name": tr.tool_name_for(message, names),
+        "response": tr.json_object(tr.text_of(message.get("content"), "")),
+    }
+    native = _native_id(str(message.get("tool_call_id") or ""))
+    if native:
+        result["id"] = native
+    return {"functionResponse": result}
+
+
+def _contents(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[Any]]:
+    names = tr.tool_names(messages)
+    system: list[dict[str, Any]] = []
+    contents: list[dict[str, Any]] = []
+    for message in messages:
+        role = message.get("role")
+        if role in ("system", "developer"):
+            text = tr.text_of(message.get("content"))
+            system += [{"text": text}] if text else []
+            continue
+        if role == "user":
+            native, found = "user", _user_parts(message.get("content"))
+        elif role == "assistant":
+            native, found = "model", _model_parts(message)
+        elif role == "tool":  # function results go back in a user turn
+            native, found = "user", [_function_response(message, names)]
+        else:
+            tr.invalid(f"Unsupported message role {role!r}.", "messages")
+        if not found:
+            continue
+        if contents and contents[-1]["role"] == native:
+            contents[-1]["parts"].extend(found)
+        else:
+            contents.append({"role": native, "parts": found})
+    return system, contents
+
+
+def _generation_config(body: Mapping[str, Any], stream: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    names = {
+        "temperature": "temperature",
+        "top_p": "topP",
+        "top_k": "topK",
+        "seed": "seed",
+        "presence_penalty": "presencePenalty",
+        "frequency_penalty": "frequencyPenalty",
+    }
+    for key, native in names.items():
+        if tr.number(body, key) is not None:
+            out[native] = body[key]
+    if tr.max_tokens(body):
+        out["maxOutputTokens"] = tr.max_tokens(body)
+    if tr.stop_list(body):
+        out["stopSequences"] = tr.stop_list(body)
+    n = tr.number(body, "n")
+    if n is not None and n != 1:
+        if stream:
+            tr.invalid(f"{NAME} streams one choice: 'n' must be 1 with stream.", "n")
+        out["candidateCount"] = int(n)
+    fmt = tr.response_format(body)
+    if fmt is not None:
+        out["responseMimeType"] = "application/json"
+        if fmt[1] is not None:
+            out["responseJsonSchema"] = fmt[1]
+    return out
+
+
+def _tools(body: Mapping[str, Any], out: dict[str, Any]) -> None:
+    declarations = []
+    for fn in tr.functions(body):
+        decl: dict[str, Any] = {"name": fn.get("name")}
+        if fn.get("description"):
+            decl["description"] = fn["description"]
+        if isinstance(fn.get("parameters"), dict):
+            decl["parametersJsonSchema"] = fn["parameters"]
+        declarations.append(decl)
+    if declarations:
+        out["tools"] = [{"functionDeclarations": declarations}]
+    choice_ = tr.tool_choice(body)
+    config: dict[str, Any] | None = None
+    if isinstance(choice_, tuple):
+        config = {"mode": "ANY", "allowedFunctionNames": [choice_[1]]}
+    elif choice_ is not None:
+        config = {"mode": _CHOICE_MODES[choice_]}
+    if config is not None and declarations:
+        out["toolConfig"] = {"functionCallingConfig": config}
+
+
+def build_body(body: Mapping[str, Any], stream: bool) -> dict[str, Any]:
+    system, contents = _contents(tr.messages_of(body))
+    out: dict[str, Any] = {"contents": contents}
+    if system:
+        out["systemInstruction"] = {"parts": system}
+    generation = _generation_config(body, stream)
+    if generation:
+        out["generationConfig"] = generation
+    _tools(body, out)
+    return out
+
+
+# --- answers ------------------------------------------------------------------------------------
+def _usage(meta: Mapping[str, Any]) -> tuple[dict[str, Any], Usage]:
+    thoughts = as_int(meta.get("thoughtsTokenCount"))
+    prompt = as_int(meta.get("promptTokenCount")) + as_int(meta.get("toolUsePromptTokenCount"))
+    return usage_object(
+        prompt,
+        as_int(meta.get("candidatesTokenCount")) + thoughts,
+        cached=as_int(meta.get("cachedContentTokenCount")),
+        reasoning=thoughts,
+        total=as_int(meta.get("totalTokenCount")) or None,
+    )
+
+
+def _call(part: Mapping[str, Any]) -> tuple[str, str, str]:
+    """(id, name, arguments JSON) of a functionCall part; the thought signature rides in the id."""
+    fn = part["functionCall"]
+    call_id = tr.with_signature(str(fn.get("id") or new_call_id()), part.get("thoughtSignature"))
+    return call_id, str(fn.get("name") or ""), orjson.dumps(fn.get("args") or {}).decode()
+
+
+def _candidate(index: int, cand: Mapping[str, Any]) -> dict[str, Any]:
+    texts: list[str] = []
+    thoughts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for part in (cand.get("content") or {}).get("parts") or ():
+        if not isinstance(part, dict):
+            continue
+        if isinstance(part.get("functionCall"), dict):
+            calls.append(tool_call(*_call(part)))
+        elif isinstance(part.get("text"), str):
+            (thoughts if part.get("thought") else texts).append(part["text"])
+    finish = finish_reason(cand.get("finishReason"))
+    return choice(
+        index,
+        content="".join(texts) if texts or not calls else None,
+        calls=calls,
+        reasoning="".join(thoughts) or None,
+        finish="tool_calls" if calls and finish == "stop" else finish,
+    )
+
+
+def _pacific_midnight(now: float) -> float:
+    """The next 00:00 America/Los_Angeles, when Gemini's per-day quotas reset."""
+    try:
+        zone: Any = ZoneInfo("America/Los_Angeles")
+    except ZoneInfoNotFoundError:  # no tz database: standard time is at most an hour off
+        zone = timezone(timedelta(hours=-8))
+    local = datetime.fromtimestamp(now, zone)
+    midnight = datetime.combine(local.date() + timedelta(days=1), datetime.min.time(), zone)
+    return midnight.timestamp()
+
+
+def _details(err: Mapping[str, Any], type_suffix: str) -> list[dict[str, Any]]:
+    return [
+        d
+        for d in err.get("details") or ()
+        if isinstance(d, dict) and str(d.get("@type", "")).endswith(type_suffix)
+    ]
+
+
+def classify(status: int, err: Mapping[str, Any]) -> Failure:
+    message = str(err.get("message") or "upstream error")
+    canonical = str(err.get("status") or "")
+    failure = Failure("bad_request", status, message, "invalid_request_error")
+    failure.code = canonical.lower() or None
+    reasons = {d.get("reason") for d in _details(err, "ErrorInfo")}
+    if status == 403 or (status in (400, 401) and "API_KEY_INVALID" in reasons):
+        failure.kind = "key_rejected"
+    elif status == 429:
+        quota_ids = [
+            str(v.get("quotaId", ""))
+            for d in _details(err, "QuotaFailure")
+            for v in d.get("violations") or ()
+            if isinstance(v, dict)
+        ]
+        if any("PerDay" in q for q in quota_ids):
+            failure.kind, failure.reset_at = "quota_exhausted", _pacific_midnight(time.time())
+        else:
+            failure.kind = "rate_limited"
+            delays = [str(d.get("retryDelay", "")) for d in _details(err, "RetryInfo")]
+            waits = [w for w in map(parse_duration, delays) if w is not None]
+            failure.retry_after_s = max(waits) if waits else None
+    elif status >= 500:
+        failure.kind = "server"
+    elif status == 400 and "exceeds the maximum number of tokens" in message:
+        failure.code = "context_length_exceeded"
+    elif status == 404:
+        failure.code = "model_not_found"
+    return failure
+
+
+def _inband(obj: Mapping[str, Any]) -> Failure:
+    err = obj.get("error") if isinstance(obj.get("error"), dict) else {}
+    assert isinstance(err, dict)
+    status = as_int(err.get("code")) or 500
+    failure = classify(status, err)
+    if failure.kind == "bad_request":  # inside a 200 it is the upstream's failure, not ours
+        failure.kind = "server"
+    return failure
+
+
+class _Relay(NativeRelay):
+    """Gemini SSE (data-only, ends at close) -> OpenAI chunks. No finishReason at the end of the
+    body means the stream was cut: `finished` stays False."""
+
+    def __init__(self, *, model: str, include_usage: bool) -> None:
+        super().__init__(model=model, include_usage=include_usage)
+        self._sse = SSEBuffer()
+        self._meta: dict[str, Any] = {}
+        self._finish: str | None = None
+        self._named = False
+
+    def feed(self, data: bytes) -> bytes:
+        return b"".join(self._event(block) for block in self._sse.feed(data))
+
+    def end(self) -> bytes:
+        out = b"".join(self._event(block) for block in self._sse.flush())
+        if self.error is None and not self.finished and self._finish is not None:
+            out += self.close(*_usage(self._meta))
+        return out
+
+    def _event(self, block: bytes) -> bytes:
+        if self.error is not None or self.finished:
+            return b""
+        _, data = parse_event(block)
+        if data is None and block.lstrip().startswith(b"{"):
+            data = block  # a bare JSON error object instead of an SSE event
+        try:
+            obj = orjson.loads(data) if data else None
+        except orjson.JSONDecodeError:
+            obj = None
+        if not isinstance(obj, dict):
+            return b""
+        if "error" in obj:
+            self.error = _inband(obj)
+            return b""
+        if not self._named:
+            self._named = True
+            self.id = str(obj.get("responseId") or self.id)
+            self.model = str(obj.get("modelVersion") or self.model)
+        if isinstance(obj.get("usageMetadata"), dict):  # running totals: keep the latest
+            self._meta = obj["usageMetadata"]
+            _, usage = _usage(self._meta)
+            usage.estimated = True
+            self.usage = usage
+        candidates = obj.get("candidates") or []
+        if not candidates:
+            blocked = (obj.get("promptFeedback") or {}).get("blockReason")
+            if blocked:
+                self._finish = "content_filter"
+                return self.finish("content_filter")
+            return b""
+        return self._candidate(candidates[0])
+
+    def _candidate(self, cand: Mapping[str, Any]) -> bytes:
+        out = b""
+        for part in (cand.get("content") or {}).get("parts") or ():
+            if not isinstance(part, dict):
+                continue
+            if isinstance(part.get("functionCall"), dict):
+                out += self.start_tool(*_call(part))[1]
+            elif isinstance(part.get("text"), str):
+                emit = self.reasoning if part.get("thought") else self.text
+                out += emit(part["text"])
+        if cand.get("finishReason"):
+            self._finish = finish_reason(cand["finishReason"])
+            out += self.finish(self._finish)
+        return out
+
+
+class Provider(base.Provider):
+    meta = META
+
+    def __init__(self, name: str, config: ProviderConfig) -> None:
+        super().__init__(name, config)
+        last = self.base_url.rsplit("/", 1)[-1]
+        if not last.startswith(("v1", "v2")):  # an SDK-style base without the version
+            self.base_url += "/v1beta"
+
+    def build_request(
+        self, body: dict[str, Any], *, model: str, key: str | None, stream: bool
+    ) -> UpstreamRequest:
+        headers = {"content-type": "application/json"}
+        if key:
+            headers["x-goog-api-key"] = key
+        headers.update(self.config.headers)
+        name = quote(model.removeprefix("models/"), safe="-._~")
+        action = ":streamGenerateContent?alt=sse" if stream else ":generateContent"
+        url = f"{self.base_url}/models/{name}{action}"
+        return UpstreamRequest("POST", url, headers, orjson.dumps(build_body(body, stream)))
+
+    def parse_response(self, body: bytes, *, model: str) -> tuple[bytes, Usage | None]:
+        obj = load_json(body)
+        if "error" in obj:
+            raise InBandFailure(_inband(obj))
+        candidates = [c for c in obj.get("candidates") or () if isinstance(c, dict)]
+        choices = [_candidate(i, c) for i, c in enumerate(candidates)]
+        if not choices:
+            blocked = (obj.get("promptFeedback") or {}).get("blockReason")
+            if not blocked:
+                raise InBandFailure(Failure("server", 502, "upstream answer has no candidates"))
+            choices = [choice(0, content=None, calls=[], reasoning=None, finish="content_filter")]
+        usage, counted = _usage(obj.get("usageMetadata") or {})
+        out = completion(
+            id_=str(obj.get("responseId") or new_id()),
+            created=int(time.time()),
+            model=str(obj.get("modelVersion") or model),
+            choices=choices,
+            usage=usage,
+        )
+        return out, counted
+
+    def stream_relay(self, *, model: str, include_usage: bool) -> _Relay:
+        return _Relay(model=model, include_usage=include_usage)
+
+    def classify_error(self, status: int, headers: Mapping[str, str], body: bytes) -> Failure:
+        try:
+            obj = orjson.loads(body) if body else {}
+        except orjson.JSONDecodeError:
+            obj = {}
+        if isinstance(obj, list) and obj:  # some front ends wrap the status in an array
+            obj = obj[0]
+        err = obj.get("error") if isinstance(obj, dict) else None
+        if not isinstance(err, dict):
+            text = body[:300].decode("utf-8", "replace").strip() or "upstream error"
+            err = {"message": text}
+        return classify(status, err)
