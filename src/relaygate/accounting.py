@@ -21,6 +21,7 @@ from relaygate.storage.sqlite import SQLiteStore
 from relaygate.types import Target, Usage
 from relaygate.usage.ledger import Ledger, LedgerRow
 from relaygate.usage.metrics import Metrics
+from relaygate.usage.notifier import DailyReports
 
 
 @dataclass(slots=True)
@@ -71,6 +72,7 @@ class Accounting:
             on_drop=lambda n: self.metrics.ledger_drops.inc(n),
         )
         self.metrics = Metrics(pools, lambda: self.ledger.depth)
+        self.reports = DailyReports.from_config(config)  # a bad `reports:` stops start-up
         if store is not None:
             for client, spent in store.month_spend(month_of(clock())).items():
                 self.budgets.load(client, month_of(clock()), spent)

@@ -108,6 +108,7 @@ class Gateway:
         if self.store is not None:
             self._tasks.append(asyncio.create_task(self._background()))
             self._tasks.append(asyncio.create_task(self.accounting.ledger.run()))
+            self._tasks.extend(self.accounting.reports.start(self))
 
     async def _background(self) -> None:
         last_prune = 0.0

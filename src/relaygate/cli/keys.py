@@ -92,7 +92,10 @@ def print_current_key(config: Config) -> None:
     console.print(f"valid until {info['expiry']} ({info['days_remaining']} days)")
 
 
-def print_report(config: Config, *, by: str, day: str | None, month: str | None) -> None:
+def print_report(
+    config: Config, *, by: str, day: str | None, month: str | None, send: bool = False
+) -> bool:
+    """Print the table; with `send`, also send the report. False when a delivery failed."""
     store = open_store(config.database_url)
     try:
         report = usage_report(store, by=by, day=day, month=month)
@@ -131,3 +134,12 @@ def print_report(config: Config, *, by: str, day: str | None, month: str | None)
         "",
     )
     Console().print(table)
+    if not send:
+        return True
+    from relaygate.usage.notifier import send_now
+
+    sent = send_now(config, day=day, month=month)
+    for d in sent:
+        note = "sent" if d.ok else f"failed ({d.detail})"
+        Console().print(f"report to {d.destination}: {note}", markup=False, highlight=False)
+    return all(d.ok for d in sent)

@@ -210,16 +210,24 @@ def report(
     day: Annotated[str | None, typer.Option(help="A day, 2026-11-24 (default today, UTC).")] = None,
     month: Annotated[str | None, typer.Option(help="A month, 2026-11.")] = None,
     by: Annotated[str, typer.Option(help="client, provider, model, key or day.")] = "client",
+    send: Annotated[
+        bool, typer.Option("--send", help="Also send it now to the reports: Telegram / webhook.")
+    ] = False,
     config: ConfigOpt = None,
 ) -> None:
     """Usage report: requests, tokens, cost, errors and latency."""
     from relaygate.cli.keys import print_report
     from relaygate.errors import RelaygateError
 
+    cfg = _load(config)
     try:
-        print_report(_load(config), by=by, day=day, month=month)
+        delivered = print_report(cfg, by=by, day=day, month=month, send=send)
     except RelaygateError as exc:
         raise _fail(exc.message) from None
+    except ConfigError as exc:
+        raise _fail(f"config error: {exc}") from None
+    if not delivered:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -169,6 +169,7 @@ class Config(_Model):
         """Every secret this config holds, for the redaction helper."""
         found = [spec.key for p in self.providers.values() for spec in p.keys]
         found += [c.key for c in self.clients]
+        found += [str(self.reports.get(k) or "") for k in ("telegram_bot_token", "webhook_url")]
         if self.admin_secret:
             found.append(self.admin_secret)
         return [s for s in found if s]
