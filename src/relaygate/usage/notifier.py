@@ -154,12 +154,16 @@ def build_report(
     return report
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def _line(row: dict[str, Any]) -> str:
-    errors = f", {row['errors']} errors" if row["errors"] else ""
+    errors = f", {_n(row['errors'], 'error')}" if row["errors"] else ""
     tokens = row["prompt_tokens"] + row["completion_tokens"]
     return (
-        f"- {row['name']}: ${row['cost_usd']:.6f}, {row['requests']} requests{errors}, "
-        f"{tokens} tokens"
+        f"- {row['name']}: ${row['cost_usd']:.6f}, {_n(row['requests'], 'request')}{errors}, "
+        f"{_n(tokens, 'token')}"
     )
 
 
@@ -169,7 +173,7 @@ def report_text(report: dict[str, Any]) -> str:
     if not t["requests"]:
         return "\n".join([*lines, "No requests."])
     lines += [
-        f"Requests: {t['requests']} ({t['errors']} errors)",
+        f"Requests: {t['requests']} ({_n(t['errors'], 'error')})",
         f"Tokens: {t['prompt_tokens']} prompt + {t['completion_tokens']} completion",
         f"Cost: ${t['cost_usd']:.6f}",
         f"Average latency: {t['avg_latency_ms']} ms",
