@@ -39,6 +39,8 @@ class Reply:
     split_writes: bool = False  # write each event in two TCP pieces, split mid-line
     comments: bool = False  # OpenRouter-style ": OPENROUTER PROCESSING" comment lines
     groq_usage: bool = False  # x_groq.usage on the final chunk, even without include_usage
+    usage_chunk: bool = True  # stream: False ignores include_usage (no trailing usage chunk)
+    inband_error_first: bool = False  # stream: 200, then data:{"error"} before any chunk
     body_override: dict[str, Any] | None = None  # non-streaming: answer this JSON as is
 
 
@@ -169,6 +171,9 @@ class FakeOpenAI:
         if reply.first_chunk_delay_s:
             await asyncio.sleep(reply.first_chunk_delay_s)
         pieces, prompt, completion = _pieces(body, reply)
+        if reply.inband_error_first:
+            await send(errors.server_error())
+            return resp
         await send(
             chunk(
                 {
@@ -240,7 +245,7 @@ class FakeOpenAI:
         if reply.groq_usage:
             finish["x_groq"] = {"id": "req_x", "usage": usage}
         await send(finish)
-        if include_usage:
+        if include_usage and reply.usage_chunk:
             final = chunk({})
             final["choices"], final["usage"] = [], usage
             await send(final)
