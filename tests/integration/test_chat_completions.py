@@ -4,6 +4,7 @@ the gateway on a real socket, against a fake OpenAI upstream on another real soc
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 import re
 import sqlite3
@@ -106,7 +107,7 @@ def test_stream_is_relayed_as_it_arrives_not_buffered(client, fake_openai):
     # the upstream needs >= 0.9 s for the whole answer; the first piece must not wait for it
     assert times[0] - started < 0.5
     assert times[-1] - times[0] > 0.6
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert min(gaps) > 0.07, gaps
 
 
@@ -234,6 +235,7 @@ def test_client_stream_options_are_kept(client, fake_openai):
 # --- a tool-call round trip -------------------------------------------------------------------
 
 ARGS = '{"city": "Paris", "unit": "c", "note": "a longer argument string"}'
+TOOL_REPLY = Reply(tool_calls=[{"name": "get_weather", "arguments": ARGS}])
 
 
 def _round_trip(client, fake_openai, assistant_message: dict[str, Any]) -> None:
