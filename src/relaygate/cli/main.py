@@ -28,13 +28,21 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _config_failure(exc: ConfigError, source: str | None = None) -> typer.Exit:
+    """One line on stderr naming the field and, when the message does not already, the file."""
+    message = " ".join(str(exc).split())
+    if source and source != "defaults" and source not in message:
+        message = f"{source}: {message}"
+    return _fail(f"config error: {message}")
+
+
 def _load(path: str | None, overrides: dict[str, Any] | None = None) -> Any:
     from relaygate.config.load import load_config
 
     try:
         return load_config(path, overrides=overrides)
     except ConfigError as exc:
-        raise _fail(f"config error: {exc}") from None
+        raise _config_failure(exc) from None
 
 
 def _serve(
@@ -80,7 +88,7 @@ def _serve(
     try:
         gw = Gateway(cfg)
     except ConfigError as exc:
-        raise _fail(f"config error: {exc}") from None
+        raise _config_failure(exc, cfg.source) from None
     setup_logging(cfg.server.log_level, json=cfg.server.log_json, redactor=gw.redact)
     application = create_app(gateway=gw)
     uvicorn.run(application, **common)
@@ -147,7 +155,7 @@ def config_check(config: ConfigOpt = None) -> None:
     try:
         print_config(cfg)
     except ConfigError as exc:
-        raise _fail(f"config error: {exc}") from None
+        raise _config_failure(exc, cfg.source) from None
 
 
 @upstream_app.command("check")
@@ -225,13 +233,18 @@ def report(
     except RelaygateError as exc:
         raise _fail(exc.message) from None
     except ConfigError as exc:
-        raise _fail(f"config error: {exc}") from None
+        raise _config_failure(exc, cfg.source) from None
     if not delivered:
         raise typer.Exit(1)
 
 
 def main() -> None:
+    import sqlite3
+
     try:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except (OSError, sqlite3.Error) as exc:  # e.g. a database path that cannot be created
+        print(f"relaygate: {type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
+        sys.exit(1)

@@ -82,11 +82,17 @@ def _validate(data: Mapping[str, Any], where: str) -> Config:
         raise ConfigError(f"{where}: {loc}: {first['msg']}{more}") from None
 
 
+def _in(cwd: Path, name: str) -> Path:
+    """A path as the user wrote it, relative to the working directory."""
+    path = Path(name).expanduser()
+    return path if path.is_absolute() else cwd / path
+
+
 def find_config_file(explicit: str | None, env: Mapping[str, str], cwd: Path) -> Path | None:
     if explicit:
-        return Path(explicit)
+        return _in(cwd, explicit)
     if env.get("RELAYGATE_CONFIG"):
-        return Path(env["RELAYGATE_CONFIG"])
+        return _in(cwd, env["RELAYGATE_CONFIG"])
     default = cwd / "relaygate.yaml"
     return default if default.is_file() else None
 
@@ -157,7 +163,7 @@ def _apply_client_env(data: dict[str, Any], env: Mapping[str, str], cwd: Path) -
         key, _, name = pair.strip().partition(":")
         clients.append({"name": name.strip() or f"client-{i + 1}", "key": key.strip()})
     keys_file = env.get("RELAYGATE_KEYS_FILE") or data.get("keys_file")
-    path = Path(keys_file) if keys_file else cwd / DEFAULT_KEYS_FILE
+    path = _in(cwd, keys_file) if keys_file else cwd / DEFAULT_KEYS_FILE
     if keys_file or path.is_file():
         for i, key in enumerate(_read_keys_file(path)):
             clients.append({"name": f"keys-file-{i + 1}", "key": key})
@@ -215,5 +221,19 @@ def load_config(
     if overrides:
         _merge(data, overrides)
     config = _validate(data, f"{where} + environment" if file is not None else "environment")
+    _check_types(config, where)
     config.source = where
     return config
+
+
+def _check_types(config: Config, where: str) -> None:
+    """Every provider speaks a known wire format (its `type`, else its name, else openai)."""
+    from relaygate.providers import registry
+
+    for name, spec in config.providers.items():
+        kind = registry.module_for(name, spec.type)
+        if kind not in registry.builtin_names():
+            known = ", ".join(registry.builtin_names())
+            raise ConfigError(
+                f"{where}: providers.{name}.type: unknown provider type {kind!r} (one of: {known})"
+            )
