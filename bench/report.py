@@ -353,6 +353,8 @@ def write_report(raw: dict[str, Any], out: Path, *, bench_dir: Path) -> None:
         "```",
         "",
     ]
+    if raw.get("litellm_config"):
+        lines += ["LiteLLM config used:", "", "```yaml", raw["litellm_config"].rstrip(), "```", ""]
     lines += ["## Versions", ""] + [f"- {k}: {val}" for k, val in v.items()]
     if raw.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in raw["notes"]]

@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _procs import RssSampler, Server, cpu_seconds, free_port, hwm_mb, rss_mb, tree
+from _procs import CLK_TCK, RssSampler, Server, cpu_seconds, free_port, hwm_mb, rss_mb, tree
 from report import profile_lines, write_report
 
 BENCH = Path(__file__).resolve().parent
@@ -80,6 +80,9 @@ litellm_settings:
   telemetry: false
   set_verbose: false
 """
+
+
+LITELLM_USED: dict[str, str] = {}  # the LiteLLM config of this run, for the report
 
 
 class Settings:
@@ -147,7 +150,8 @@ def versions(litellm_ok: bool) -> dict[str, str]:
             res = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         except (subprocess.SubprocessError, OSError):
             return "?"
-        return (res.stdout or res.stderr).strip().splitlines()[0] if res.returncode == 0 else "?"
+        text = (res.stdout or res.stderr).strip()  # `wrk --version` exits 1
+        return text.splitlines()[0] if text else "?"
 
     probe = (
         "import importlib.metadata as m;"
@@ -201,7 +205,7 @@ def busy_elsewhere(mine: set[int], seconds: float = 1.0) -> list[tuple[str, floa
                 continue
             name = raw[raw.find("(") + 1 : raw.rfind(")")]
             fields = raw.rsplit(")", 1)[1].split()
-            found[int(entry.name)] = (name, (int(fields[11]) + int(fields[12])) / 100)
+            found[int(entry.name)] = (name, (int(fields[11]) + int(fields[12])) / CLK_TCK)
         return found
 
     before = snap()
@@ -304,6 +308,7 @@ def litellm_server(upstream: str, work: Path) -> Server:
     )
     cfg = home / "litellm.yaml"
     cfg.write_text(LITELLM_CONFIG.format(models=entries.rstrip("\n"), key=LITELLM_KEY))
+    LITELLM_USED["config"] = cfg.read_text()
     port = free_port()
     argv = [
         str(LITELLM_VENV / "bin" / "litellm"),
@@ -561,6 +566,7 @@ def main() -> None:
                     results[scen][t.name].append(fn(t))
             raw["load"].append(load_snapshot(f"after {scen}", mine))
         raw["results"] = results
+        raw["litellm_config"] = LITELLM_USED.get("config", "")
         raw["rss_after_mb"] = {t.name: rss_mb(t.server.pid) for t in targets}
         raw["hwm_mb"] = {t.name: hwm_mb(t.server.pid) for t in targets}
 
