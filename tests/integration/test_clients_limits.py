@@ -253,6 +253,8 @@ INVENTORY = {
     ("GET", "/"): "open",
     ("GET", "/health"): "open",
     ("GET", "/status.json"): "open",
+    ("GET", "/static/dashboard.js"): "open",
+    ("GET", "/static/dashboard.css"): "open",
     ("GET", "/docs"): "open",
     ("GET", "/docs/oauth2-redirect"): "open",
     ("GET", "/redoc"): "open",
@@ -270,6 +272,7 @@ INVENTORY = {
     ("DELETE", "/admin/clients/{client_id}"): "admin",
     ("GET", "/admin/usage"): "admin",
     ("GET", "/admin/failures"): "admin",
+    ("GET", "/admin/dashboard.json"): "admin",
     ("GET", "/metrics"): "admin",
 }
 

@@ -107,6 +107,7 @@ def create_app(
     if gw.config.admin_secret:  # the admin API exists only with a secret (SPEC §5)
         for admin_module in (admin, clients, usage):
             app.include_router(admin_module.router)
+        app.include_router(status.admin_router)
     app.add_middleware(ErrorBoundary)
     return app
 

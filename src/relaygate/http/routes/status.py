@@ -1,18 +1,49 @@
-"""Open routes (health, status page) and the seed route GET /keys/status."""
+"""Open routes (health, the dashboard, its static files and data), the seed route GET /keys/status
+and the dashboard's admin data (`admin_router`, included only when an admin secret is set)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import sqlite3
 import time
 from datetime import UTC, datetime
 from importlib import resources
+from typing import Any
 
 from fastapi import APIRouter
+from prometheus_client import Counter
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
-from relaygate.http._common import gateway, is_admin, json_response, require_client
+from relaygate.gateway import Gateway
+from relaygate.http._common import gateway, is_admin, json_response, require_admin, require_client
+from relaygate.web.dashboard import admin_numbers, public_numbers
 
+log = logging.getLogger("relaygate.http")
 router = APIRouter()
+admin_router = APIRouter(tags=["admin"])
+
+# the only files served from relaygate/web, with their content types
+STATIC = {
+    "dashboard.js": "text/javascript; charset=utf-8",
+    "dashboard.css": "text/css; charset=utf-8",
+}
+_PAGE_HEADERS = {
+    # everything the page uses comes from here: no other origin, no inline script
+    "content-security-policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "cache-control": "no-cache",
+}
+_KEY_FIELDS = ("key_id", "state", "until", "retry_in_s", "reason", "requests_today", "tokens_today")
+
+
+def _web_file(name: str) -> bytes:
+    return resources.files("relaygate.web").joinpath(name).read_bytes()
 
 
 @router.get("/health", tags=["open"], summary="Liveness")
@@ -28,25 +59,93 @@ async def keys_status(request: Request) -> Response:
     return json_response({"timestamp": time.time(), "keys": gw.key_states()})
 
 
-@router.get("/", tags=["open"], summary="Status page", response_class=HTMLResponse)
-async def status_page() -> Response:
-    page = resources.files("relaygate.web").joinpath("status.html").read_text(encoding="utf-8")
-    return HTMLResponse(page)
+@router.get("/", tags=["open"], summary="Dashboard", response_class=HTMLResponse)
+async def dashboard_page() -> Response:
+    return Response(_web_file("dashboard.html"), media_type="text/html", headers=_PAGE_HEADERS)
 
 
-@router.get("/status.json", tags=["open"], summary="Data of the status page (no secrets)")
-async def status_data(request: Request) -> Response:
-    gw = gateway(request)
-    providers = []
+def _static(name: str) -> Response:
+    return Response(_web_file(name), media_type=STATIC[name], headers=_PAGE_HEADERS)
+
+
+@router.get("/static/dashboard.js", tags=["open"], summary="The dashboard's script")
+async def dashboard_js() -> Response:
+    return _static("dashboard.js")
+
+
+@router.get("/static/dashboard.css", tags=["open"], summary="The dashboard's style sheet")
+async def dashboard_css() -> Response:
+    return _static("dashboard.css")
+
+
+def _providers(gw: Gateway) -> list[dict[str, Any]]:
+    out = []
     for name, pool in gw.pools.items():
         states = pool.states()
-        providers.append(
-            {
-                "name": name,
-                "keys": [
-                    {k: s[k] for k in ("key_id", "state", "retry_in_s", "reason", "requests_today")}
-                    for s in states
-                ],
-            }
-        )
-    return json_response({"timestamp": time.time(), "providers": providers})
+        keys = [{k: s.get(k) for k in _KEY_FIELDS} for s in states]
+        for key in keys:
+            key["reason"] = gw.redact(key["reason"]) if key["reason"] else None
+        paused = states[0].get("pool_paused_for_s") if states else None
+        out.append({"name": name, "paused_for_s": paused, "keys": keys})
+    return out
+
+
+def _counts(counter: Counter) -> list[tuple[dict[str, str], int]]:
+    return [
+        (dict(sample.labels), int(sample.value))
+        for metric in counter.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total") and sample.value
+    ]
+
+
+def _since_start(gw: Gateway) -> dict[str, Any]:
+    """Counters since this process started: refusals (never in the ledger) and upstream attempts."""
+    metrics = gw.accounting.metrics
+    return {
+        "refusals": {labels["reason"]: n for labels, n in _counts(metrics.refusals)},
+        "attempts": [
+            {"provider": labels["provider"], "outcome": labels["outcome"], "count": n}
+            for labels, n in _counts(metrics.attempts)
+        ],
+        "ledger_queue": gw.accounting.ledger.depth,
+        "ledger_dropped": gw.accounting.ledger.dropped,
+    }
+
+
+@router.get("/status.json", tags=["open"], summary="Data of the dashboard (no secrets, no clients)")
+async def status_data(request: Request) -> Response:
+    gw = gateway(request)
+    now = time.time()
+    data: dict[str, Any] = {
+        "timestamp": now,
+        "admin": bool(gw.config.admin_secret),
+        "providers": _providers(gw),
+        "since_start": _since_start(gw),
+    }
+    store = gw.store
+    if store is not None:
+        await gw.accounting.ledger.flush()
+        try:
+            data |= await asyncio.to_thread(public_numbers, store, now)
+        except sqlite3.Error as exc:  # the keys are still worth showing
+            log.warning("dashboard query failed: %s", type(exc).__name__)
+            data["database_error"] = True
+    return json_response(data, headers={"cache-control": "no-store"})
+
+
+@admin_router.get("/admin/dashboard.json", summary="The dashboard's admin data (spend by client)")
+async def admin_dashboard(request: Request) -> Response:
+    require_admin(request)
+    gw = gateway(request)
+    now = time.time()
+    data: dict[str, Any] = {"now": now, "spend_by_client": None, "failures": []}
+    store = gw.store
+    if store is not None:
+        await gw.accounting.ledger.flush()
+        try:
+            data = await asyncio.to_thread(admin_numbers, store, now)
+        except sqlite3.Error as exc:
+            log.warning("dashboard query failed: %s", type(exc).__name__)
+            data["database_error"] = True
+    return json_response(data, headers={"cache-control": "no-store"})
