@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: serve test lint typecheck venv dev-venv clean bench
+.PHONY: serve test lint typecheck venv dev-venv browser clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,11 @@ lint: dev-venv
 typecheck: dev-venv
 	$(BIN)/mypy --strict src
 
-test: lint typecheck
+# Debian's chromium for the dashboard test (Playwright drives it; it never downloads a browser).
+browser:
+	test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+test: lint typecheck browser
 	$(BIN)/python -m pytest -q
 
 # The benchmark (bench/README.md): 10-20 minutes; BENCH_QUICK=1 for a short smoke run.
