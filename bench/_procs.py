@@ -44,7 +44,8 @@ def _children(pid: int) -> list[int]:
 
 def tree(pid: int) -> list[int]:
     """pid and its descendants (LiteLLM may run its server in a child)."""
-    out, todo = [], [pid]
+    out: list[int] = []
+    todo = [pid]
     while todo and len(out) < 256:
         p = todo.pop()
         out.append(p)

@@ -177,7 +177,8 @@ class MockProtocol(asyncio.Protocol):
         self.pending: list[tuple[bytes, bytes, bytes, bool]] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  (uvloop's is not a subclass)
+        # uvloop's transports are not asyncio.Transport subclasses, hence no isinstance check
+        self.transport = transport  # type: ignore[assignment]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None

@@ -233,7 +233,10 @@ def profile_lines(raw_path: Path, *, top: int = 25) -> list[str]:
             incl[key] += n
     if not total:
         return ["(empty profile)"]
-    pct = lambda n: f"{100 * n / total:.1f}%"  # noqa: E731
+
+    def pct(n: int) -> str:
+        return f"{100 * n / total:.1f}%"
+
     out = [
         f"{total} samples (py-spy at 250 Hz, `--gil`: only the thread holding the GIL, i.e. "
         "where the one core's time goes).",

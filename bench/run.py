@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -476,9 +477,9 @@ def main() -> None:
     )
     args = ap.parse_args()
     if args.report_only:
-        raw = json.loads(Path(args.report_only).read_text())
-        out = RESULTS_DIR / "RESULTS-quick.md" if raw.get("quick") else BENCH / "RESULTS.md"
-        write_report(raw, out, bench_dir=BENCH)
+        saved = json.loads(Path(args.report_only).read_text())
+        out = RESULTS_DIR / "RESULTS-quick.md" if saved.get("quick") else BENCH / "RESULTS.md"
+        write_report(saved, out, bench_dir=BENCH)
         log(f"wrote {out.relative_to(REPO)}")
         return
     s = Settings(args.quick)
@@ -549,7 +550,7 @@ def main() -> None:
             t.server.wait_idle()
 
         results: dict[str, dict[str, list[dict[str, Any]]]] = {}
-        scenario_runs = [
+        scenario_runs: list[tuple[str, Callable[[Target], dict[str, Any]]]] = [
             ("S1", lambda t: wrk(t, seconds=s.s1_s, stream=False)),
             ("S2", lambda t: wrk(t, seconds=s.s2_s, stream=True)),
             ("S3", lambda t: openloop(t, s)),
