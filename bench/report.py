@@ -263,7 +263,7 @@ def profile_lines(raw_path: Path, *, top: int = 25) -> list[str]:
 def write_report(raw: dict[str, Any], out: Path, *, bench_dir: Path) -> None:
     fg = Figures(raw)
     v = raw.get("versions", {})
-    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    when = raw.get("finished_utc") or time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines = [
         "# relaygate benchmark results",
         "",

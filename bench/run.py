@@ -583,6 +583,7 @@ def main() -> None:
         for srv in reversed(servers):
             srv.stop()
     raw["elapsed_s"] = time.time() - started
+    raw["finished_utc"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     stamp = time.strftime("%Y%m%d-%H%M%S")
     (RESULTS_DIR / f"raw-{stamp}.json").write_text(json.dumps(raw, indent=1, default=str))
     out = RESULTS_DIR / "RESULTS-quick.md" if s.quick else BENCH / "RESULTS.md"
