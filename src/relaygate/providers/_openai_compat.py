@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 import orjson
 
+from relaygate._logging import Redactor
 from relaygate.providers._sse import SSEBuffer, data_event, parse_event
 from relaygate.providers.base import (
     InBandFailure,
@@ -148,6 +149,9 @@ class OpenAICompatProvider(Provider):
 
     def classify_error(self, status: int, headers: Mapping[str, str], body: bytes) -> Failure:
         message, type_, code, param, _ = error_fields(body)
+        # some upstreams echo the key they were sent; the message may reach the client (4xx)
+        # or a key's state reason, so this pool's keys never leave it
+        message = Redactor(spec.key for spec in self.config.keys)(message)
         failure = Failure("bad_request", status, message, type_, code, param)
         lowered = message.lower()
         if status in (401, 403):
