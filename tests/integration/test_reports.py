@@ -327,8 +327,8 @@ def test_relaygate_report_send(live_gateway, fake_openai, telegram, webhook, tmp
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        "config error: reports: nowhere to send: set reports.telegram_bot_token and "
-        "reports.telegram_chat_id, or reports.webhook_url"
+        f"config error: {config}: reports: nowhere to send: set reports.telegram_bot_token "
+        "and reports.telegram_chat_id, or reports.webhook_url"
     ]
 
 
