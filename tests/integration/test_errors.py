@@ -429,3 +429,19 @@ def test_every_key_failing_before_the_first_byte_is_a_plain_502(live_gateway, fa
     resp = post(gw, stream=True)
     assert_error(resp, 502, "upstream_error")
     assert len(fake_openai.calls()) == 2
+
+
+def test_an_upstream_error_message_never_shows_the_upstream_key(live_gateway, fake_openai):
+    leaky = {
+        "error": {
+            "message": "Invalid parameter for key sk-up-a: 'temperature' must be <= 2",
+            "type": "invalid_request_error",
+            "param": "temperature",
+            "code": "invalid_value",
+        }
+    }
+    fake_openai.default = Reply(status=400, error=leaky)
+    gw = start(live_gateway, fake_openai)
+    resp = post(gw)
+    err = assert_error(resp, 400, "invalid_value")
+    assert "sk-up-a" not in resp.text and "temperature" in err["message"]
