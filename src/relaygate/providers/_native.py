@@ -7,12 +7,14 @@ from __future__ import annotations
 import time
 import uuid
 from abc import abstractmethod
-from datetime import datetime
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 
-from relaygate.providers._sse import data_event
+from relaygate.providers._sse import SSEBuffer, data_event, parse_event
 from relaygate.providers.base import InBandFailure, StreamRelay
 from relaygate.types import Failure, Usage
 
@@ -110,6 +112,37 @@ def iso_epoch(text: Any) -> int | None:
         return None
 
 
+def reset_headers_wait(headers: Mapping[str, str], prefix: str) -> float | None:
+    """Seconds until a rate-limit bucket refills, from `<prefix>*-reset` headers holding RFC 3339
+    instants: the latest reset among buckets whose `-remaining` is 0, else the earliest reset."""
+    now = time.time()
+    lowered = {name.lower(): value for name, value in headers.items()}
+    empty, waits = [], []
+    for name, value in lowered.items():
+        if not (name.startswith(prefix) and name.endswith("-reset")):
+            continue
+        at = iso_epoch(value)
+        if at is None or at <= now:
+            continue
+        waits.append(at - now)
+        if lowered.get(name[: -len("reset")] + "remaining", "").strip() == "0":
+            empty.append(at - now)
+    if empty:
+        return max(empty)
+    return min(waits) if waits else None
+
+
+def next_midnight(zone_name: str, now: float | None = None) -> float:
+    """The next 00:00 in a time zone (a provider's daily quota reset), as epoch seconds."""
+    try:
+        zone: Any = ZoneInfo(zone_name)
+    except ZoneInfoNotFoundError:  # no tz database on this machine: midnight UTC instead
+        zone = UTC
+    local = datetime.fromtimestamp(time.time() if now is None else now, zone)
+    midnight = datetime.combine(local.date() + timedelta(days=1), datetime.min.time(), zone)
+    return midnight.timestamp()
+
+
 class NativeRelay(StreamRelay):
     """Emits OpenAI chunks. The role chunk waits for the first real output, so an in-band error
     that arrives before any content leaves nothing sent and the request can go to another key."""
@@ -202,3 +235,38 @@ class NativeRelay(StreamRelay):
         self.usage = counted
         self.finished = True
         return out + data_event(b"[DONE]")
+
+
+class SSERelay(NativeRelay):
+    """A NativeRelay over server-sent events whose data are JSON objects: `on_event` gets each
+    one (a bare JSON object without SSE framing counts as one event too)."""
+
+    def __init__(self, *, model: str, include_usage: bool) -> None:
+        super().__init__(model=model, include_usage=include_usage)
+        self._sse = SSEBuffer()
+
+    def feed(self, data: bytes) -> bytes:
+        return b"".join(self._block(block) for block in self._sse.feed(data))
+
+    def end(self) -> bytes:
+        out = b"".join(self._block(block) for block in self._sse.flush())
+        return out if self.error is not None or self.finished else out + self.on_end()
+
+    def _block(self, block: bytes) -> bytes:
+        if self.error is not None or self.finished:
+            return b""
+        name, data = parse_event(block)
+        if data is None and block.lstrip().startswith(b"{"):
+            data = block
+        try:
+            obj = orjson.loads(data) if data else None
+        except orjson.JSONDecodeError:
+            return b""
+        return self.on_event(name, obj) if isinstance(obj, dict) else b""
+
+    @abstractmethod
+    def on_event(self, name: bytes | None, obj: dict[str, Any]) -> bytes: ...
+
+    def on_end(self) -> bytes:
+        """Output when the body ends before the stream finished (nothing by default: cut off)."""
+        return b""

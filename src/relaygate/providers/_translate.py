@@ -160,6 +160,19 @@ def functions(body: Mapping[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def declarations(body: Mapping[str, Any], schema_key: str) -> list[dict[str, Any]]:
+    """Function tools as `{name, description?, <schema_key>: parameters}` declarations."""
+    out = []
+    for fn in functions(body):
+        decl: dict[str, Any] = {"name": fn.get("name")}
+        if fn.get("description"):
+            decl["description"] = fn["description"]
+        if isinstance(fn.get("parameters"), dict):
+            decl[schema_key] = fn["parameters"]
+        out.append(decl)
+    return out
+
+
 def tool_choice(body: Mapping[str, Any]) -> str | tuple[str, str] | None:
     """None, "auto", "none", "required", or ("function", name)."""
     choice = body.get("tool_choice")

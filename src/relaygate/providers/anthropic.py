@@ -14,16 +14,15 @@ import orjson
 from relaygate.providers import _translate as tr
 from relaygate.providers import base
 from relaygate.providers._native import (
-    NativeRelay,
+    SSERelay,
     as_int,
     choice,
     completion,
-    iso_epoch,
     load_json,
+    reset_headers_wait,
     tool_call,
     usage_object,
 )
-from relaygate.providers._sse import SSEBuffer, parse_event
 from relaygate.providers.base import InBandFailure, ProviderMeta, error_fields, retry_after
 from relaygate.types import Failure, UpstreamRequest, Usage
 
@@ -165,14 +164,9 @@ def _system(blocks: list[dict[str, Any]], body: Mapping[str, Any]) -> Any:
 
 
 def _tools(body: Mapping[str, Any], out: dict[str, Any]) -> None:
-    tools = []
-    for fn in tr.functions(body):
-        tool: dict[str, Any] = {"name": fn.get("name")}
-        if fn.get("description"):
-            tool["description"] = fn["description"]
-        params = fn.get("parameters")
-        tool["input_schema"] = params if isinstance(params, dict) else {"type": "object"}
-        tools.append(tool)
+    tools = tr.declarations(body, "input_schema")
+    for tool in tools:  # required by the Messages API
+        tool.setdefault("input_schema", {"type": "object"})
     if tools:
         out["tools"] = tools
     choice_ = tr.tool_choice(body)
@@ -246,25 +240,6 @@ def _regain_at(message: str) -> float | None:
     return day.timestamp() + hour * 3600 + minute * 60
 
 
-def _reset_wait(headers: Mapping[str, str]) -> float | None:
-    """Seconds until the exhausted `anthropic-ratelimit-*` bucket refills (RFC 3339 resets)."""
-    now = time.time()
-    lowered = {name.lower(): value for name, value in headers.items()}
-    empty, any_ = [], []
-    for name, value in lowered.items():
-        if not (name.startswith("anthropic-ratelimit-") and name.endswith("-reset")):
-            continue
-        at = iso_epoch(value)
-        if at is None or at <= now:
-            continue
-        any_.append(at - now)
-        if lowered.get(name[: -len("reset")] + "remaining", "").strip() == "0":
-            empty.append(at - now)
-    if empty:
-        return max(empty)
-    return min(any_) if any_ else None
-
-
 def _classify(status: int, headers: Mapping[str, str], message: str, type_: str | None) -> Failure:
     failure = Failure("bad_request", status, message, type_ or "invalid_request_error")
     lowered = message.lower()
@@ -276,7 +251,9 @@ def _classify(status: int, headers: Mapping[str, str], message: str, type_: str 
         failure.kind, failure.reset_at = "quota_exhausted", _regain_at(message)
     elif status == 429:
         failure.kind = "rate_limited"
-        failure.retry_after_s = retry_after(headers) or _reset_wait(headers)
+        failure.retry_after_s = retry_after(headers) or reset_headers_wait(
+            headers, "anthropic-ratelimit-"
+        )
     elif status >= 500:
         failure.kind = "server"
     elif status == 400 and "prompt is too long" in lowered:
@@ -286,32 +263,16 @@ def _classify(status: int, headers: Mapping[str, str], message: str, type_: str 
     return failure
 
 
-class _Relay(NativeRelay):
+class _Relay(SSERelay):
     """Anthropic SSE (event: lines, pings, message_stop) -> OpenAI chunks."""
 
     def __init__(self, *, model: str, include_usage: bool) -> None:
         super().__init__(model=model, include_usage=include_usage)
-        self._sse = SSEBuffer()
         self._tools: dict[int, int] = {}  # Anthropic block index -> dense OpenAI tool index
         self._counts: dict[str, Any] = {}
         self._stop: str | None = None
 
-    def feed(self, data: bytes) -> bytes:
-        return b"".join(self._event(block) for block in self._sse.feed(data))
-
-    def end(self) -> bytes:
-        return b"".join(self._event(block) for block in self._sse.flush())
-
-    def _event(self, block: bytes) -> bytes:
-        if self.error is not None or self.finished:
-            return b""
-        name, data = parse_event(block)
-        try:
-            obj = orjson.loads(data) if data else None
-        except orjson.JSONDecodeError:
-            obj = None
-        if not isinstance(obj, dict):
-            return b""
+    def on_event(self, name: bytes | None, obj: dict[str, Any]) -> bytes:
         kind = obj.get("type") or (name or b"").decode()
         if kind == "content_block_delta":
             return self._delta(obj)

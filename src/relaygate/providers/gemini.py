@@ -10,27 +10,25 @@ from __future__ import annotations
 import mimetypes
 import time
 from collections.abc import Mapping
-from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 
 from relaygate.providers import _translate as tr
 from relaygate.providers import base
 from relaygate.providers._native import (
-    NativeRelay,
+    SSERelay,
     as_int,
     choice,
     completion,
     load_json,
     new_call_id,
     new_id,
+    next_midnight,
     tool_call,
     usage_object,
 )
-from relaygate.providers._sse import SSEBuffer, parse_event
 from relaygate.providers.base import InBandFailure, ProviderMeta, parse_duration
 from relaygate.types import Failure, UpstreamRequest, Usage
 
@@ -185,14 +183,7 @@ def _generation_config(body: Mapping[str, Any], stream: bool) -> dict[str, Any]:
 
 
 def _tools(body: Mapping[str, Any], out: dict[str, Any]) -> None:
-    declarations = []
-    for fn in tr.functions(body):
-        decl: dict[str, Any] = {"name": fn.get("name")}
-        if fn.get("description"):
-            decl["description"] = fn["description"]
-        if isinstance(fn.get("parameters"), dict):
-            decl["parametersJsonSchema"] = fn["parameters"]
-        declarations.append(decl)
+    declarations = tr.declarations(body, "parametersJsonSchema")
     if declarations:
         out["tools"] = [{"functionDeclarations": declarations}]
     choice_ = tr.tool_choice(body)
@@ -258,17 +249,6 @@ def _candidate(index: int, cand: Mapping[str, Any]) -> dict[str, Any]:
     )
 
 
-def _pacific_midnight(now: float) -> float:
-    """The next 00:00 America/Los_Angeles, when Gemini's per-day quotas reset."""
-    try:
-        zone: Any = ZoneInfo("America/Los_Angeles")
-    except ZoneInfoNotFoundError:  # no tz database: standard time is at most an hour off
-        zone = timezone(timedelta(hours=-8))
-    local = datetime.fromtimestamp(now, zone)
-    midnight = datetime.combine(local.date() + timedelta(days=1), datetime.min.time(), zone)
-    return midnight.timestamp()
-
-
 def _details(err: Mapping[str, Any], type_suffix: str) -> list[dict[str, Any]]:
     return [
         d
@@ -293,7 +273,7 @@ def classify(status: int, err: Mapping[str, Any]) -> Failure:
             if isinstance(v, dict)
         ]
         if any("PerDay" in q for q in quota_ids):
-            failure.kind, failure.reset_at = "quota_exhausted", _pacific_midnight(time.time())
+            failure.kind, failure.reset_at = "quota_exhausted", next_midnight("America/Los_Angeles")
         else:
             failure.kind = "rate_limited"
             delays = [str(d.get("retryDelay", "")) for d in _details(err, "RetryInfo")]
@@ -318,38 +298,20 @@ def _inband(obj: Mapping[str, Any]) -> Failure:
     return failure
 
 
-class _Relay(NativeRelay):
+class _Relay(SSERelay):
     """Gemini SSE (data-only, ends at close) -> OpenAI chunks. No finishReason at the end of the
     body means the stream was cut: `finished` stays False."""
 
     def __init__(self, *, model: str, include_usage: bool) -> None:
         super().__init__(model=model, include_usage=include_usage)
-        self._sse = SSEBuffer()
         self._meta: dict[str, Any] = {}
         self._finish: str | None = None
         self._named = False
 
-    def feed(self, data: bytes) -> bytes:
-        return b"".join(self._event(block) for block in self._sse.feed(data))
+    def on_end(self) -> bytes:
+        return b"" if self._finish is None else self.close(*_usage(self._meta))
 
-    def end(self) -> bytes:
-        out = b"".join(self._event(block) for block in self._sse.flush())
-        if self.error is None and not self.finished and self._finish is not None:
-            out += self.close(*_usage(self._meta))
-        return out
-
-    def _event(self, block: bytes) -> bytes:
-        if self.error is not None or self.finished:
-            return b""
-        _, data = parse_event(block)
-        if data is None and block.lstrip().startswith(b"{"):
-            data = block  # a bare JSON error object instead of an SSE event
-        try:
-            obj = orjson.loads(data) if data else None
-        except orjson.JSONDecodeError:
-            obj = None
-        if not isinstance(obj, dict):
-            return b""
+    def on_event(self, name: bytes | None, obj: dict[str, Any]) -> bytes:
         if "error" in obj:
             self.error = _inband(obj)
             return b""
@@ -364,8 +326,7 @@ class _Relay(NativeRelay):
             self.usage = usage
         candidates = obj.get("candidates") or []
         if not candidates:
-            blocked = (obj.get("promptFeedback") or {}).get("blockReason")
-            if blocked:
+            if (obj.get("promptFeedback") or {}).get("blockReason"):
                 self._finish = "content_filter"
                 return self.finish("content_filter")
             return b""
