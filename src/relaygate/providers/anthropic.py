@@ -204,7 +204,8 @@ def build_body(body: Mapping[str, Any], model: str, stream: bool) -> dict[str, A
     for key in ("top_p", "top_k"):
         if tr.number(body, key) is not None:
             out[key] = body[key]
-    stops = tr.stop_list(body)
+    # the Messages API refuses whitespace-only stop sequences (OpenAI clients often send "\n\n")
+    stops = [s for s in tr.stop_list(body) or () if s.strip()]
     if stops:
         out["stop_sequences"] = stops
     _tools(body, out)

@@ -320,7 +320,7 @@ class _Relay(SSERelay):
             self.id = str(obj.get("responseId") or self.id)
             self.model = str(obj.get("modelVersion") or self.model)
         if isinstance(obj.get("usageMetadata"), dict):  # running totals: keep the latest
-            self._meta = obj["usageMetadata"]
+            self._meta = {**self._meta, **obj["usageMetadata"]}
             _, usage = _usage(self._meta)
             usage.estimated = True
             self.usage = usage
