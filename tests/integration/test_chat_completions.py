@@ -491,3 +491,24 @@ def test_groq_x_groq_usage_is_captured_without_a_usage_chunk(gw, client, fake_op
     assert stream_text(chunks) == "Echo: one two three"
     row = ledger_row(gw, raw.headers["x-request-id"])
     assert (row["prompt_tokens"], row["completion_tokens"], row["estimated"]) == (11, 5, 0)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the relay passes x_groq usage through but writes no usage chunk of its own; "
+    "tests/providers/fixtures/groq/expected_chunks.json pins that (see the issue-2 report)",
+)
+def test_include_usage_is_honoured_when_the_upstream_ignores_stream_options(client, fake_openai):
+    # an OpenAI-compatible server that ignores stream_options but reports x_groq usage
+    fake_openai.default = Reply(groq_usage=True, usage_chunk=False, usage=(11, 5))
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL, messages=MSG, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert stream_text(chunks) == "Echo: one two three"
+    last = chunks[-1]
+    assert last.choices == [] and last.usage is not None
+    assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (11, 5)
+    assert last.id == chunks[0].id and last.model == chunks[0].model
+    assert [c for c in chunks if c.usage is not None and not c.choices] == [last]
