@@ -161,7 +161,9 @@ def test_anthropic_text_usage_and_request_shape(serve, fake_anthropic):
 
 
 def test_anthropic_stream_text_and_usage(serve, fake_anthropic):
-    fake_anthropic.script("sk-ant-1", Reply(text="one two three four", usage=(12, 9)))
+    fake_anthropic.script(
+        "sk-ant-1", Reply(text="one two three four", usage=(12, 9), split_writes=True)
+    )
     _, client = serve("anthropic", fake_anthropic, ["sk-ant-1"])
     got = stream(client, "claude-sonnet-4-5", [{"role": "user", "content": "count"}])
     assert got["text"] == "one two three four"
@@ -450,7 +452,7 @@ def test_gemini_image_url_that_is_not_data_is_refused_without_a_call(serve, fake
 
 # --- Ollama -------------------------------------------------------------------------------------
 def test_ollama_without_a_key_text_and_stream(serve, fake_ollama):
-    fake_ollama.script(None, Reply(text="Hello from llama", usage=(26, 3)))
+    fake_ollama.script(None, Reply(text="Hello from llama", usage=(26, 3), split_writes=True))
     _, client = serve("ollama", fake_ollama)
     answer = client.chat.completions.create(
         model="ollama/llama3.2",

@@ -11,7 +11,8 @@ same tests:
   body; or `inband_error` with the Failure kind) test `parse_response`. `id` and `created` are
   compared only when the expected file has them; invented tool-call ids read `call_<generated>`.
 - `stream[-case].txt` (native stream bytes) and `expected_chunks[-case].json` (`chunks`: the OpenAI
-  chunk objects then "[DONE]", as emitted with include_usage on; `finished`, `error`, `usage`)
+  chunk objects then "[DONE]", as emitted with include_usage on; `finished`, `error`, `usage`:
+  the counts the relay reports, estimated when the stream did not finish)
   test `stream_relay`: fed whole, byte by byte, in 7-byte pieces and with CRLF line ends, with
   include_usage on and off (off: the usage chunk and the `usage: null` keys go away).
 - `errors/*.json` (`status`, `headers`, `body`, `expected`) test `classify_error`. Header values
@@ -264,6 +265,7 @@ def test_stream_relay(name, path, mode, include_usage):
             want_usage["completion_tokens"],
             want_usage.get("cached_tokens", 0),
         )
+        assert relay.usage.estimated is not relay.finished  # a cut stream's usage is a guess
     if relay.finished:
         assert events[-1] == "[DONE]"
     else:

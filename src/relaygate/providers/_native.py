@@ -181,30 +181,37 @@ class NativeRelay(StreamRelay):
         self._opened = True
         return self._chunk({"role": "assistant", "content": "", "refusal": None})
 
+    def _counted(self) -> None:
+        """One more piece of output: an estimated usage never counts fewer completion tokens."""
+        self.content_events += 1
+        if self.usage is not None and self.usage.estimated:
+            count = max(self.usage.completion_tokens, self.content_events)
+            self.usage.completion_tokens = count
+
     def text(self, text: str) -> bytes:
         if not text or self._finish_sent:
             return b""
-        self.content_events += 1
+        self._counted()
         return self._open() + self._chunk({"content": text})
 
     def reasoning(self, text: str) -> bytes:
         if not text or self._finish_sent:
             return b""
-        self.content_events += 1
+        self._counted()
         return self._open() + self._chunk({"reasoning_content": text})
 
     def start_tool(self, call_id: str, name: str, arguments: str = "") -> tuple[int, bytes]:
         """A new tool call at the next dense index; returns (index, bytes)."""
         index = self.tool_count
         self.tool_count += 1
-        self.content_events += 1
+        self._counted()
         call = {"index": index, **tool_call(call_id, name, arguments)}
         return index, self._open() + self._chunk({"tool_calls": [call]})
 
     def tool_arguments(self, index: int, fragment: str) -> bytes:
         if not fragment:
             return b""
-        self.content_events += 1
+        self._counted()
         return self._chunk({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]})
 
     def finish(self, reason: str) -> bytes:
