@@ -445,3 +445,18 @@ def test_an_upstream_error_message_never_shows_the_upstream_key(live_gateway, fa
     resp = post(gw)
     err = assert_error(resp, 400, "invalid_value")
     assert "sk-up-a" not in resp.text and "temperature" in err["message"]
+
+
+def test_parameter_validation_errors_answer_in_the_spec_shape(live_gateway, fake_openai):
+    gw = live_gateway(
+        {
+            "providers": {"up": openai_provider(fake_openai, ["sk-up-a"])},
+            "admin_secret": "admin-secret-for-errors-0123",
+        }
+    )
+    resp = httpx.get(
+        gw.base + "/admin/failures?limit=lots",
+        headers={"admin-secret": "admin-secret-for-errors-0123"},
+    )
+    err = assert_error(resp, 400)
+    assert err["type"] == "invalid_request_error" and err["param"] == "limit"

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -15,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from relaygate.auth.first_key import ensure_first_client_key
 from relaygate.config.model import Config
-from relaygate.errors import RelaygateError
+from relaygate.errors import InvalidRequest, RelaygateError
 from relaygate.gateway import Gateway
 from relaygate.http._common import request_id
 from relaygate.http.routes import admin, chat, clients, models, status, usage
@@ -76,6 +77,16 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return await _relaygate_error(request, err)
 
 
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    """A query or path parameter FastAPI could not parse: 400 in the SPEC's shape, not 422."""
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {}
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("query", "path", "body")]
+    where = ".".join(loc) or "request"
+    err = InvalidRequest(f"{where}: {first.get('msg', 'invalid value')}", param=where)
+    return await _relaygate_error(request, err)
+
+
 def create_app(
     config: Config | None = None,
     *,
@@ -102,6 +113,7 @@ def create_app(
     app.state.gateway = gw
     app.add_exception_handler(RelaygateError, _relaygate_error)
     app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
     for module in (chat, models, status):
         app.include_router(module.router)
     if gw.config.admin_secret:  # the admin API exists only with a secret (SPEC §5)
