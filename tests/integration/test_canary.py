@@ -119,8 +119,8 @@ def script(fake: FakeOpenAI) -> None:
     )
     fake.script(
         STREAMS,
-        Reply(chunks=8, cut_after=3),
-        Reply(chunks=8, inband_error_after=2),
+        Reply(chunks=8, cut_after=3, chunk_delay_s=0.01),
+        Reply(chunks=8, inband_error_after=2, chunk_delay_s=0.01),
         Reply(chunks=4),
     )
 
@@ -276,6 +276,7 @@ def drive(seen: Seen) -> str:
         == 200
     )
     seen("GET", "/current-key", headers=admin)
+    seen("GET", "/admin/dashboard.json", headers=admin)
     for headers in ({}, admin):
         for path in ("/", "/status.json", "/health", "/v1/models", "/openapi.json", "/docs"):
             seen("GET", path, headers=headers)
