@@ -216,11 +216,22 @@ def test_relaygate_call_prints_the_echoed_text(tmp_path):
         done = run_call("hello world", "-m", "echo/hi", "-k", key, "--server", url)
         assert done.returncode == 0, done.stderr
         assert done.stdout == "hello world\n"
-        wrong = run_call("x", "-m", "echo/hi", "-k", "rg-wrong", "--server", url)
-        assert wrong.returncode != 0 and "401" in wrong.stderr
-        assert "Traceback" not in wrong.stderr
+        options = ["-s", "be brief", "-t", "0.2", "--max-tok", "2", "-k", key, "--server", url]
+        capped = run_call("one two three four", "-m", "echo/hi", *options)
+        assert capped.returncode == 0, capped.stderr
+        assert capped.stdout == "one two\n"
     finally:
         server.stop()
+
+
+def test_relaygate_call_failures_are_one_line(live_gateway):
+    gw = live_gateway({})  # no provider: echo
+    wrong = run_call("x", "-m", "echo/hi", "-k", "rg-wrong", "--server", gw.base)
+    assert wrong.returncode != 0 and "401" in wrong.stderr
+    assert len(wrong.stderr.strip().splitlines()) == 1 and wrong.stdout == ""
+    unreachable = run_call("x", "-k", "rg-any", "--server", f"http://127.0.0.1:{free_port()}")
+    assert unreachable.returncode != 0
+    assert "cannot reach" in unreachable.stderr and "Traceback" not in unreachable.stderr
 
 
 @pytest.mark.parametrize(
