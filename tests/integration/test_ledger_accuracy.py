@@ -508,14 +508,6 @@ def test_rows_wait_while_the_database_is_locked(live_gateway, fake_openai):
     assert value(samples, "relaygate_ledger_queue_depth") == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug outside usage/: admin routes (GET /admin/clients via ClientRegistry.issued, "
-    "also /admin/usage and /admin/failures) call SQLiteStore synchronously on the event loop; "
-    "while the database is locked the ledger writer thread holds SQLiteStore._lock in its "
-    "busy wait (busy_timeout 5000 ms), so the admin call blocks the whole event loop and every "
-    "client request stalls until the lock is released (or 5 s pass)",
-)
 def test_an_admin_read_while_the_database_is_locked_does_not_stall_traffic(
     live_gateway, fake_openai
 ):
@@ -553,13 +545,6 @@ def test_an_admin_read_while_the_database_is_locked_does_not_stall_traffic(
     assert took < 0.5, f"a client request waited {took:.2f} s for an admin read"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug outside usage/: storage/sqlite.py _DAILY_UPSERT counts an error only when "
-    "status >= 400, so a stream that failed after its 200 (error_code set, listed by "
-    "/admin/failures) is not an error in usage_daily, /admin/usage, `relaygate report` or the "
-    "daily report; the CASE should also count `:error_code IS NOT NULL`",
-)
 def test_a_stream_that_failed_mid_way_counts_as_an_error_in_the_reports(live_gateway, fake_openai):
     gw = setup(live_gateway, fake_openai)
     fake_openai.default = Reply(chunks=8, cut_after=3, chunk_delay_s=0.01)

@@ -209,8 +209,9 @@ _DAILY_UPSERT = """
 INSERT INTO usage_daily (day, client, provider, model, key_id, requests, errors, prompt_tokens,
                          completion_tokens, cached_tokens, cost_usd, latency_ms_sum)
 VALUES (:day, COALESCE(:client, ''), COALESCE(:provider, ''), COALESCE(:model, ''),
-        COALESCE(:key_id, ''), 1, CASE WHEN :status >= 400 THEN 1 ELSE 0 END, :prompt_tokens,
-        :completion_tokens, :cached_tokens, :cost_usd, :latency_ms)
+        COALESCE(:key_id, ''), 1,
+        CASE WHEN :status >= 400 OR :error_code IS NOT NULL THEN 1 ELSE 0 END,
+        :prompt_tokens, :completion_tokens, :cached_tokens, :cost_usd, :latency_ms)
 ON CONFLICT (day, client, provider, model, key_id) DO UPDATE SET
     requests = requests + 1, errors = errors + excluded.errors,
     prompt_tokens = prompt_tokens + excluded.prompt_tokens,

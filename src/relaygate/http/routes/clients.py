@@ -1,8 +1,9 @@
 """Admin routes for client keys: issue (the plain key is returned once), list, change limits,
-revoke; and GET /current-key for the weekly rotating key."""
+revoke; and GET /current-key for the weekly rotating key. Store calls run in a worker thread."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, TypeVar
 
 from fastapi import APIRouter
@@ -62,7 +63,7 @@ async def list_clients(request: Request) -> Response:
         }
         for c in gw.config.clients
     ]
-    issued = gw.clients.issued()
+    issued = await asyncio.to_thread(gw.clients.issued)
     for item in issued:
         item["spent_this_month_usd"] = round(gw.accounting.budgets.spent(item["name"]), 6)
     return json_response({"object": "list", "data": issued, "static": static})
@@ -76,7 +77,7 @@ async def create_client(request: Request) -> Response:
     if gw.store is None:
         raise InvalidRequest("Issued keys need a database (DATABASE_URL).")
     limits: dict[str, Any] = spec.model_dump(exclude={"name"}, exclude_none=True)
-    key, client = gw.clients.issue(spec.name, **limits)
+    key, client = await asyncio.to_thread(gw.clients.issue, spec.name, **limits)
     return json_response({"key": key, "client": client}, status=201)
 
 
@@ -84,7 +85,8 @@ async def create_client(request: Request) -> Response:
 async def update_client(request: Request, client_id: str) -> Response:
     require_admin(request)
     spec = await _parse(request, ClientPatch)
-    changed = gateway(request).clients.update(client_id, **spec.model_dump(exclude_unset=True))
+    changes = spec.model_dump(exclude_unset=True)
+    changed = await asyncio.to_thread(gateway(request).clients.update, client_id, **changes)
     if changed is None:
         raise NotFound(f"No active client with id '{client_id}'.", param="client_id")
     return json_response({"client": changed})
@@ -93,7 +95,7 @@ async def update_client(request: Request, client_id: str) -> Response:
 @router.delete("/admin/clients/{client_id}", summary="Revoke a client key")
 async def revoke_client(request: Request, client_id: str) -> Response:
     require_admin(request)
-    if not gateway(request).clients.revoke(client_id):
+    if not await asyncio.to_thread(gateway(request).clients.revoke, client_id):
         raise NotFound(f"No active client with id '{client_id}'.", param="client_id")
     return json_response({"id": client_id, "revoked": True})
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
@@ -23,7 +25,8 @@ async def admin_usage(
     if gw.store is None:
         raise InvalidRequest("Usage reports need a database (DATABASE_URL).")
     await gw.accounting.ledger.flush()
-    return json_response(usage_report(gw.store, by=by, day=day, month=month))
+    report = await asyncio.to_thread(usage_report, gw.store, by=by, day=day, month=month)
+    return json_response(report)
 
 
 @router.get("/admin/failures", summary="The latest failed upstream calls (redacted)")
@@ -33,7 +36,8 @@ async def admin_failures(request: Request, limit: int = 50) -> Response:
     if gw.store is None:
         raise InvalidRequest("The failure log needs a database (DATABASE_URL).")
     await gw.accounting.ledger.flush()
-    return json_response({"data": failures(gw.store, limit=limit)})
+    rows = await asyncio.to_thread(failures, gw.store, limit=limit)
+    return json_response({"data": rows})
 
 
 @router.get("/metrics", summary="Prometheus metrics")
