@@ -14,6 +14,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from relaygate.keys.pool import key_id
+from relaygate.web.dashboard import percentile
 from tests.conftest import ADMIN_SECRET, CLIENT_KEY, openai_provider
 from tests.fakes.openai_upstream import Reply
 
@@ -213,7 +214,7 @@ def test_dashboard_needs_nothing_from_the_internet(browser, live_gateway, fake_o
     elsewhere = [url for url in requested if urlsplit(url).netloc != origin.netloc]
     assert elsewhere == []
     paths = [urlsplit(url).path for url in requested]
-    assert {"/", "/static/dashboard.js", "/static/dashboard.css"} <= set(paths)
+    assert {"/", "/static/dashboard.js", "/static/charts.js", "/static/dashboard.css"} <= set(paths)
     assert paths.count("/status.json") >= 2
     assert "/admin/dashboard.json" not in paths
 
@@ -225,6 +226,10 @@ def test_static_files_are_an_allow_list_with_their_content_types(live_gateway, f
     assert "default-src 'none'" in page.headers["content-security-policy"]
     script = httpx.get(gw.base + "/static/dashboard.js")
     assert script.status_code == 200 and script.headers["content-type"].startswith(
+        "text/javascript"
+    )
+    charts = httpx.get(gw.base + "/static/charts.js")
+    assert charts.status_code == 200 and charts.headers["content-type"].startswith(
         "text/javascript"
     )
     sheet = httpx.get(gw.base + "/static/dashboard.css")
@@ -249,3 +254,13 @@ def test_admin_data_needs_the_admin_secret(live_gateway, fake_openai):
     assert {f["client"] for f in data["failures"]} == {CLIENT_NAME}
     for secret in (GOOD, BAD, DOWN, CLIENT_KEY, ADMIN_SECRET):
         assert secret not in answer.text
+
+
+def test_latency_percentiles_are_nearest_rank():
+    values = list(range(1, 101))  # 1..100 ms
+    assert percentile(values, 0.50) == 50
+    assert percentile(values, 0.95) == 95
+    assert percentile(values, 0.99) == 99
+    assert percentile([7], 0.95) == 7
+    assert percentile([10, 20, 30, 40], 0.50) == 20
+    assert percentile([], 0.5) is None

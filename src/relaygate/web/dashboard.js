@@ -1,516 +1,326 @@
 // relaygate dashboard: fetches /status.json (and, with the admin secret, /admin/dashboard.json)
 // every few seconds and draws everything with small SVG charts of its own. Text from the server
 // only ever goes through textContent, never through HTML parsing.
-"use strict";
-(() => {
-  const asked = Number(new URLSearchParams(location.search).get("refresh")); // seconds
-  const REFRESH_MS = asked >= 1 ? asked * 1000 : 5000;
-  const SECRET = "relaygate.adminSecret";
-  const NS = "http://www.w3.org/2000/svg";
-  const STATES = ["ready", "cooling", "exhausted", "invalid"];
-  const css = (name) => getComputedStyle(document.documentElement).getPropertyValue(name).trim();
-  const $ = (id) => document.getElementById(id);
+import {
+  barChart,
+  dayLabel,
+  el,
+  fmtCompact,
+  fmtDuration,
+  fmtInt,
+  fmtMs,
+  fmtUsd,
+  hbars,
+  hhmm,
+  hhmmss,
+  legend,
+  lineChart,
+  r,
+  row,
+} from "/static/charts.js";
 
-  let data = null; // the latest /status.json
-  let adminData = null; // the latest /admin/dashboard.json
-  let fetchedAt = 0; // performance.now() when `data` arrived
-  let period = "today";
-  let timer = 0;
+const asked = Number(new URLSearchParams(location.search).get("refresh")); // seconds
+const REFRESH_MS = asked >= 1 ? asked * 1000 : 5000;
+const SECRET = "relaygate.adminSecret";
+const STATES = ["ready", "cooling", "exhausted", "invalid"];
+const css = (name) => getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+const $ = (id) => document.getElementById(id);
 
-  // --- small DOM helpers ---------------------------------------------------------------------
-  function el(tag, cls, text) {
-    const node = document.createElement(tag);
-    if (cls) node.className = cls;
-    if (text !== undefined && text !== null) node.textContent = String(text);
-    return node;
-  }
-  function svg(tag, attrs, text) {
-    const node = document.createElementNS(NS, tag);
-    for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, String(v));
-    if (text !== undefined) node.textContent = String(text);
-    return node;
-  }
-  function row(cells, header) {
-    const tr = el("tr");
-    for (const cell of cells) {
-      const td = el(header ? "th" : "td");
-      if (cell instanceof Node) td.appendChild(cell);
-      else if (cell && typeof cell === "object") {
-        td.className = cell.cls || "";
-        if (cell.node) td.appendChild(cell.node);
-        else td.textContent = cell.text;
-      } else td.textContent = cell === null || cell === undefined ? "" : String(cell);
-      tr.appendChild(td);
-    }
-    return tr;
-  }
-  const r = (text) => ({ text, cls: "r" });
+let data = null; // the latest /status.json
+let adminData = null; // the latest /admin/dashboard.json
+let fetchedAt = 0; // performance.now() when `data` arrived
+let period = "today";
+let timer = 0;
 
-  // --- formatting ----------------------------------------------------------------------------
-  const nf = new Intl.NumberFormat("en-US");
-  const fmtInt = (v) => nf.format(Math.round(v || 0));
-  function fmtCompact(v) {
-    v = v || 0;
-    if (Math.abs(v) < 10000) return fmtInt(v);
-    const units = [[1e9, "B"], [1e6, "M"], [1e3, "k"]];
-    for (const [size, unit] of units) {
-      if (Math.abs(v) >= size) return (v / size).toFixed(v / size >= 100 ? 0 : 1) + unit;
-    }
-    return fmtInt(v);
-  }
-  function fmtUsd(v) {
-    v = v || 0;
-    if (v === 0) return "$0";
-    if (v < 0.01) return "$" + v.toFixed(4);
-    if (v < 100) return "$" + v.toFixed(2);
-    return "$" + fmtInt(v);
-  }
-  function fmtMs(v) {
-    if (v === null || v === undefined) return "–";
-    if (v < 1000) return Math.round(v) + " ms";
-    return (v / 1000).toFixed(v < 10000 ? 2 : 1) + " s";
-  }
-  function fmtDuration(s) {
-    s = Math.max(0, Math.round(s));
-    if (s < 60) return s + " s";
-    if (s < 3600) return Math.floor(s / 60) + " m " + String(s % 60).padStart(2, "0") + " s";
-    if (s < 86400) return Math.floor(s / 3600) + " h " + String(Math.floor((s % 3600) / 60)).padStart(2, "0") + " m";
-    return Math.floor(s / 86400) + " d " + Math.floor((s % 86400) / 3600) + " h";
-  }
-  const pad = (n) => String(n).padStart(2, "0");
-  const hhmm = (t) => { const d = new Date(t * 1000); return pad(d.getHours()) + ":" + pad(d.getMinutes()); };
-  const hhmmss = (t) => { const d = new Date(t * 1000); return hhmm(t) + ":" + pad(d.getSeconds()); };
-  const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-  const dayLabel = (day) => MONTHS[Number(day.slice(5, 7)) - 1] + " " + Number(day.slice(8, 10));
-  const serverNow = () => (data ? data.timestamp + (performance.now() - fetchedAt) / 1000 : Date.now() / 1000);
+const serverNow = () => (data ? data.timestamp + (performance.now() - fetchedAt) / 1000 : Date.now() / 1000);
 
-  // --- charts --------------------------------------------------------------------------------
-  function niceScale(max, integer) {
-    if (!(max > 0)) return { max: integer ? 4 : 1, step: integer ? 1 : 0.25 };
-    const raw = max / 4;
-    const mag = Math.pow(10, Math.floor(Math.log10(raw)));
-    let step = [1, 2, 2.5, 5, 10].map((m) => m * mag).find((s) => s >= raw) || 10 * mag;
-    if (integer) step = Math.max(1, Math.ceil(step));
-    return { max: step * Math.ceil(max / step - 1e-9), step };
-  }
-  function frame(host, scale, fmt, labels, labelEvery) {
-    host.replaceChildren();
-    const W = Math.max(240, host.clientWidth), H = Math.max(120, host.clientHeight);
-    const m = { l: 50, r: 6, t: 10, b: 24 };
-    const s = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img" });
-    const axis = svg("g", { class: "axis" });
-    const ih = H - m.t - m.b, iw = W - m.l - m.r;
-    const y = (v) => m.t + ih - (v / scale.max) * ih;
-    for (let v = 0; v <= scale.max + 1e-9; v += scale.step) {
-      axis.appendChild(svg("line", { class: v === 0 ? "base" : "grid", x1: m.l, x2: W - m.r, y1: y(v), y2: y(v) }));
-      axis.appendChild(svg("text", { x: m.l - 8, y: y(v) + 4, "text-anchor": "end" }, fmt(v)));
-    }
-    const bw = iw / labels.length;
-    labels.forEach((label, i) => {
-      if (label && i % labelEvery === 0) {
-        axis.appendChild(svg("text", { x: m.l + bw * (i + 0.5), y: H - 6, "text-anchor": "middle" }, label));
-      }
-    });
-    s.appendChild(axis);
-    host.appendChild(s);
-    return { s, m, W, H, ih, iw, bw, y };
-  }
-  function hover(target, lines) {
-    const tip = $("tooltip");
-    target.addEventListener("mouseenter", () => {
-      tip.replaceChildren();
-      lines().forEach((line, i) => {
-        const div = el("div", "", i === 0 ? undefined : line);
-        if (i === 0) div.appendChild(el("b", "", line));
-        tip.appendChild(div);
-      });
-      tip.hidden = false;
-    });
-    target.addEventListener("mousemove", (ev) => {
-      const x = Math.min(ev.clientX + 14, window.innerWidth - tip.offsetWidth - 8);
-      tip.style.left = x + "px";
-      tip.style.top = ev.clientY + 14 + "px";
-    });
-    target.addEventListener("mouseleave", () => { tip.hidden = true; });
-  }
-  function empty(host, text) {
-    host.replaceChildren(el("div", "empty", text));
-  }
+// --- sections ------------------------------------------------------------------------------
+function kpi(id, value, sub, level) {
+  const box = $(id);
+  box.querySelector(".value").textContent = value;
+  box.querySelector(".sub").textContent = sub || "\u00a0";
+  box.classList.toggle("bad", level === "bad");
+  box.classList.toggle("warn", level === "warn");
+}
+function renderKpis() {
+  const t = data.today || { requests: 0, errors: 0, cost_usd: 0, tokens: 0 };
+  const days = data.days || [];
+  const sum = (k) => days.reduce((a, d) => a + d[k], 0);
+  const hour = (data.minutes || []).reduce((a, m) => a + m.requests, 0);
+  kpi("kpi-requests", fmtInt(t.requests), `${fmtInt(hour)} in the last hour`);
+  const rate = t.requests ? (100 * t.errors) / t.requests : 0;
+  kpi("kpi-errors", fmtInt(t.errors), t.requests ? `${rate.toFixed(1)}% of requests` : "",
+    rate >= 5 ? "bad" : t.errors ? "warn" : "");
+  kpi("kpi-spend", fmtUsd(t.cost_usd), `${fmtUsd(sum("cost_usd"))} over 14 days`);
+  kpi("kpi-tokens", fmtCompact(t.tokens), `${fmtCompact(sum("tokens"))} over 14 days`);
+  const lat = data.latency || {};
+  kpi("kpi-latency", lat.count ? fmtMs(lat.p50_ms) : "–",
+    lat.count ? `p95 ${fmtMs(lat.p95_ms)} · avg ${fmtMs(lat.avg_ms)}` : "no requests in the last hour");
+  const keys = data.providers.flatMap((p) => p.keys);
+  const ready = keys.filter((k) => k.state === "ready").length;
+  const others = STATES.slice(1).map((s) => [s, keys.filter((k) => k.state === s).length]).filter(([, n]) => n);
+  kpi("kpi-keys", `${ready} / ${keys.length}`, others.map(([s, n]) => `${n} ${s}`).join(" · ") || "all ready",
+    ready === 0 ? "bad" : ready < keys.length ? "warn" : "");
+}
 
-  // stacked bars: opts = {labels, tips, stacks: [{name, color, values}], labelEvery}
-  function barChart(host, opts) {
-    const n = opts.labels.length;
-    const totals = opts.labels.map((_, i) => opts.stacks.reduce((a, st) => a + (st.values[i] || 0), 0));
-    const scale = niceScale(Math.max(0, ...totals), true);
-    const f = frame(host, scale, fmtCompact, opts.labels, opts.labelEvery);
-    const gap = Math.max(1, f.bw * 0.22);
-    for (let i = 0; i < n; i++) {
-      let base = 0;
-      const x = f.m.l + i * f.bw + gap / 2, w = Math.max(1, f.bw - gap);
-      for (const st of opts.stacks) {
-        const v = st.values[i] || 0;
-        if (v > 0) {
-          const y0 = f.y(base), y1 = f.y(base + v);
-          f.s.appendChild(svg("rect", { class: "bar", x, y: y1, width: w, height: Math.max(1, y0 - y1), rx: Math.min(2, w / 3), fill: st.color, "data-series": st.name, "data-value": v }));
-        }
-        base += v;
-      }
-      const hit = svg("rect", { class: "hit", x: f.m.l + i * f.bw, y: f.m.t, width: f.bw, height: f.ih });
-      hover(hit, () => opts.tips[i]);
-      f.s.appendChild(hit);
+function renderTraffic() {
+  const ok = css("--ok"), err = css("--err");
+  legend($("legend-minutes"), [["ok", ok], ["errors", err]]);
+  legend($("legend-days"), [["ok", ok], ["errors", err]]);
+  const mins = data.minutes || [];
+  barChart($("chart-minutes"), {
+    labels: mins.map((m) => (new Date(m.t * 1000).getMinutes() % 10 === 0 ? hhmm(m.t) : "")),
+    labelEvery: 1,
+    stacks: [
+      { name: "ok", color: ok, values: mins.map((m) => m.requests - m.errors) },
+      { name: "errors", color: err, values: mins.map((m) => m.errors) },
+    ],
+    tips: mins.map((m) => [hhmm(m.t), `${fmtInt(m.requests)} requests`, `${fmtInt(m.errors)} errors`, `${fmtUsd(m.cost_usd)} · ${fmtCompact(m.tokens)} tokens`]),
+  });
+  const days = data.days || [];
+  barChart($("chart-days"), {
+    labels: days.map((d) => dayLabel(d.day)),
+    labelEvery: $("chart-days").clientWidth < 520 ? 3 : 2,
+    stacks: [
+      { name: "ok", color: ok, values: days.map((d) => d.requests - d.errors) },
+      { name: "errors", color: err, values: days.map((d) => d.errors) },
+    ],
+    tips: days.map((d) => [d.day + " (UTC)", `${fmtInt(d.requests)} requests`, `${fmtInt(d.errors)} errors`, `${fmtUsd(d.cost_usd)} · ${fmtCompact(d.tokens)} tokens`]),
+  });
+}
+
+function renderLatency() {
+  const lat = data.latency || { minutes: [], providers: [] };
+  const avg = css("--avg"), p95 = css("--p95");
+  legend($("legend-latency"), [["avg", avg, true], ["p95", p95, true]]);
+  const mins = lat.minutes || [];
+  lineChart($("chart-latency"), {
+    labels: mins.map((m) => (new Date(m.t * 1000).getMinutes() % 10 === 0 ? hhmm(m.t) : "")),
+    labelEvery: 1,
+    lines: [
+      { name: "avg", color: avg, values: mins.map((m) => m.avg_ms) },
+      { name: "p95", color: p95, values: mins.map((m) => m.p95_ms) },
+    ],
+    tips: mins.map((m) => [hhmm(m.t), `avg ${fmtMs(m.avg_ms)}`, `p95 ${fmtMs(m.p95_ms)}`]),
+  });
+  const table = $("latency-providers");
+  table.replaceChildren();
+  if (!(lat.providers || []).length) return;
+  table.appendChild(row(["Provider", r("Requests"), r("avg"), r("p50"), r("p95"), r("p99")], true));
+  for (const p of lat.providers) {
+    table.appendChild(row([p.name, r(fmtInt(p.count)), r(fmtMs(p.avg_ms)), r(fmtMs(p.p50_ms)), r(fmtMs(p.p95_ms)), r(fmtMs(p.p99_ms))]));
+  }
+  if (lat.ttft_p50_ms !== null && lat.ttft_p50_ms !== undefined) {
+    table.appendChild(el("caption", "", `Time to first byte p50: ${fmtMs(lat.ttft_p50_ms)}` + (lat.sampled ? " · sampled from the latest requests" : "")));
+  }
+}
+
+function renderErrors() {
+  const table = $("errors-table");
+  table.replaceChildren();
+  const rows = data.errors || [];
+  if (!rows.length) {
+    table.appendChild(row([{ text: "No failed requests in the last hour.", cls: "muted" }]));
+  } else {
+    table.appendChild(row(["Status", "Code", "Provider", r("Requests")], true));
+    for (const e of rows) {
+      table.appendChild(row([{ node: el("span", "pill " + (e.status >= 500 ? "invalid" : e.status >= 400 ? "exhausted" : "cooling"), e.status) }, { node: el("code", "", e.error_code || "–") }, e.provider || "–", r(fmtInt(e.count))]));
     }
   }
+  const chips = $("since-start");
+  chips.replaceChildren();
+  const since = data.since_start || { refusals: {}, attempts: [] };
+  const chip = (label, n, bad) => {
+    const c = el("span", "chip" + (bad ? " bad" : ""), label);
+    c.appendChild(el("b", "", fmtInt(n)));
+    chips.appendChild(c);
+  };
+  for (const a of since.attempts) chip(`${a.provider} attempts ${a.outcome}`, a.count, a.outcome !== "ok");
+  for (const [reason, n] of Object.entries(since.refusals)) chip(`refused: ${reason}`, n, true);
+  if (since.ledger_dropped) chip("ledger rows dropped", since.ledger_dropped, true);
+  if (!chips.childElementCount) chips.appendChild(el("span", "muted small", "Nothing yet."));
+}
 
-  // lines with gaps: opts = {labels, tips, lines: [{name, color, values (null = no data)}]}
-  function lineChart(host, opts) {
-    const all = opts.lines.flatMap((ln) => ln.values.filter((v) => v !== null && v !== undefined));
-    if (!all.length) return empty(host, "No successful requests in the last hour");
-    const scale = niceScale(Math.max(...all), true);
-    const f = frame(host, scale, (v) => (v >= 1000 ? v / 1000 + " s" : v ? v + " ms" : "0"), opts.labels, opts.labelEvery);
-    const xc = (i) => f.m.l + f.bw * (i + 0.5);
-    for (const ln of opts.lines) {
-      let d = "", open = false;
-      ln.values.forEach((v, i) => {
-        if (v === null || v === undefined) { open = false; return; }
-        d += (open ? "L" : "M") + xc(i).toFixed(1) + " " + f.y(v).toFixed(1);
-        open = true;
-      });
-      f.s.appendChild(svg("path", { d, fill: "none", stroke: ln.color, "stroke-width": 2, "stroke-linejoin": "round", "stroke-linecap": "round" }));
-      ln.values.forEach((v, i) => {
-        if (v !== null && v !== undefined) f.s.appendChild(svg("circle", { cx: xc(i), cy: f.y(v), r: 2.5, fill: ln.color }));
-      });
+function renderSpend() {
+  document.querySelectorAll(".seg button").forEach((b) => b.classList.toggle("on", b.dataset.period === period));
+  const pick = (s) => (s ? s[period] : []);
+  hbars($("spend-model"), pick(data.spend_by_model), css("--accent"));
+  hbars($("spend-provider"), pick(data.spend_by_provider), "#22b8cf");
+  if (adminData) hbars($("spend-client"), pick(adminData.spend_by_client), css("--avg"));
+}
+
+function backIn(k) {
+  if (!k.until) return "";
+  const left = k.until - serverNow();
+  return left > 0 ? fmtDuration(left) : "now";
+}
+function renderProviders() {
+  const root = $("providers");
+  root.replaceChildren();
+  const all = data.providers.flatMap((p) => p.keys);
+  $("keys-summary").textContent = `${data.providers.length} provider${data.providers.length === 1 ? "" : "s"} · ${all.length} key${all.length === 1 ? "" : "s"} · usage is today's (UTC)`;
+  for (const p of data.providers) {
+    const box = el("div", "provider");
+    box.dataset.provider = p.name;
+    const head = el("div", "provider-head");
+    head.appendChild(el("h3", "", p.name));
+    const ready = p.keys.filter((k) => k.state === "ready").length;
+    const right = el("div");
+    if (p.paused_for_s) {
+      const pill = el("span", "pill paused countdown", "");
+      pill.dataset.until = String(serverNow() + p.paused_for_s);
+      pill.dataset.prefix = "paused · ";
+      right.appendChild(pill);
+      right.appendChild(document.createTextNode(" "));
     }
-    opts.labels.forEach((_, i) => {
-      const hit = svg("rect", { class: "hit", x: f.m.l + i * f.bw, y: f.m.t, width: f.bw, height: f.ih });
-      hover(hit, () => opts.tips[i]);
-      f.s.appendChild(hit);
-    });
-  }
-
-  // horizontal bars for the spend tables
-  function hbars(host, rows, color) {
-    host.replaceChildren();
-    if (!rows || !rows.length) return empty(host, "No traffic in this period");
-    const priced = rows.some((x) => x.cost_usd > 0);
-    const value = (x) => (priced ? x.cost_usd : x.requests);
-    const max = Math.max(...rows.map(value), 1e-12);
-    for (const x of rows) {
-      const line = el("div", "hbar");
-      line.dataset.name = x.name;
-      const name = el("div", "name", x.name);
-      name.title = x.name;
-      const track = el("div", "track");
-      const fill = el("div", "fill");
-      fill.style.width = (100 * value(x)) / max + "%";
-      fill.style.background = color;
-      track.appendChild(fill);
-      const num = el("div", "num");
-      num.appendChild(el("b", "", fmtUsd(x.cost_usd)));
-      const errors = x.errors ? ` · ${fmtInt(x.errors)} err` : "";
-      num.appendChild(el("small", "", `${fmtCompact(x.requests)} req · ${fmtCompact(x.tokens)} tok${errors}`));
-      line.append(name, track, num);
-      host.appendChild(line);
+    right.appendChild(el("span", "muted small", `${ready} of ${p.keys.length} ready`));
+    head.appendChild(right);
+    box.appendChild(head);
+    const bar = el("div", "statebar");
+    for (const s of STATES) {
+      const n = p.keys.filter((k) => k.state === s).length;
+      if (n) { const seg = el("span", "seg-" + s); seg.style.width = (100 * n) / p.keys.length + "%"; bar.appendChild(seg); }
     }
-  }
-
-  function legend(host, items) {
-    host.replaceChildren();
-    for (const [name, color, isLine] of items) {
-      const span = el("span");
-      const swatch = el("i", isLine ? "line" : "");
-      swatch.style.background = color;
-      span.append(swatch, document.createTextNode(name));
-      host.appendChild(span);
+    box.appendChild(bar);
+    const table = el("table", "table compact");
+    table.appendChild(row(["Key", "State", "Back in", r("Requests"), r("Tokens"), "Reason"], true));
+    for (const k of p.keys) {
+      const tr = row([
+        { node: el("code", "", k.key_id) },
+        { node: el("span", "pill " + k.state, k.state) },
+        { node: el("span", "countdown", backIn(k)) },
+        r(fmtInt(k.requests_today)),
+        r(fmtCompact(k.tokens_today)),
+        { node: el("div", "reason", k.reason || "") },
+      ]);
+      tr.dataset.keyId = k.key_id;
+      tr.dataset.state = k.state;
+      if (k.until) tr.querySelector(".countdown").dataset.until = String(k.until);
+      tr.querySelector(".reason").title = k.reason || "";
+      table.appendChild(tr);
     }
+    box.appendChild(table);
+    root.appendChild(box);
   }
+}
+function tick() {
+  document.querySelectorAll(".countdown[data-until]").forEach((node) => {
+    const left = Number(node.dataset.until) - serverNow();
+    node.textContent = (node.dataset.prefix || "") + (left > 0 ? fmtDuration(left) : "now");
+  });
+}
 
-  // --- sections ------------------------------------------------------------------------------
-  function kpi(id, value, sub, level) {
-    const box = $(id);
-    box.querySelector(".value").textContent = value;
-    box.querySelector(".sub").textContent = sub || "\u00a0";
-    box.classList.toggle("bad", level === "bad");
-    box.classList.toggle("warn", level === "warn");
-  }
-  function renderKpis() {
-    const t = data.today || { requests: 0, errors: 0, cost_usd: 0, tokens: 0 };
-    const days = data.days || [];
-    const sum = (k) => days.reduce((a, d) => a + d[k], 0);
-    const hour = (data.minutes || []).reduce((a, m) => a + m.requests, 0);
-    kpi("kpi-requests", fmtInt(t.requests), `${fmtInt(hour)} in the last hour`);
-    const rate = t.requests ? (100 * t.errors) / t.requests : 0;
-    kpi("kpi-errors", fmtInt(t.errors), t.requests ? `${rate.toFixed(1)}% of requests` : "",
-      rate >= 5 ? "bad" : t.errors ? "warn" : "");
-    kpi("kpi-spend", fmtUsd(t.cost_usd), `${fmtUsd(sum("cost_usd"))} over 14 days`);
-    kpi("kpi-tokens", fmtCompact(t.tokens), `${fmtCompact(sum("tokens"))} over 14 days`);
-    const lat = data.latency || {};
-    kpi("kpi-latency", lat.count ? fmtMs(lat.p50_ms) : "–",
-      lat.count ? `p95 ${fmtMs(lat.p95_ms)} · avg ${fmtMs(lat.avg_ms)}` : "no requests in the last hour");
-    const keys = data.providers.flatMap((p) => p.keys);
-    const ready = keys.filter((k) => k.state === "ready").length;
-    const others = STATES.slice(1).map((s) => [s, keys.filter((k) => k.state === s).length]).filter(([, n]) => n);
-    kpi("kpi-keys", `${ready} / ${keys.length}`, others.map(([s, n]) => `${n} ${s}`).join(" · ") || "all ready",
-      ready === 0 ? "bad" : ready < keys.length ? "warn" : "");
-  }
-
-  function renderTraffic() {
-    const ok = css("--ok"), err = css("--err");
-    legend($("legend-minutes"), [["ok", ok], ["errors", err]]);
-    legend($("legend-days"), [["ok", ok], ["errors", err]]);
-    const mins = data.minutes || [];
-    barChart($("chart-minutes"), {
-      labels: mins.map((m) => (new Date(m.t * 1000).getMinutes() % 10 === 0 ? hhmm(m.t) : "")),
-      labelEvery: 1,
-      stacks: [
-        { name: "ok", color: ok, values: mins.map((m) => m.requests - m.errors) },
-        { name: "errors", color: err, values: mins.map((m) => m.errors) },
-      ],
-      tips: mins.map((m) => [hhmm(m.t), `${fmtInt(m.requests)} requests`, `${fmtInt(m.errors)} errors`, `${fmtUsd(m.cost_usd)} · ${fmtCompact(m.tokens)} tokens`]),
-    });
-    const days = data.days || [];
-    barChart($("chart-days"), {
-      labels: days.map((d) => dayLabel(d.day)),
-      labelEvery: $("chart-days").clientWidth < 520 ? 3 : 2,
-      stacks: [
-        { name: "ok", color: ok, values: days.map((d) => d.requests - d.errors) },
-        { name: "errors", color: err, values: days.map((d) => d.errors) },
-      ],
-      tips: days.map((d) => [d.day + " (UTC)", `${fmtInt(d.requests)} requests`, `${fmtInt(d.errors)} errors`, `${fmtUsd(d.cost_usd)} · ${fmtCompact(d.tokens)} tokens`]),
-    });
-  }
-
-  function renderLatency() {
-    const lat = data.latency || { minutes: [], providers: [] };
-    const avg = css("--avg"), p95 = css("--p95");
-    legend($("legend-latency"), [["avg", avg, true], ["p95", p95, true]]);
-    const mins = lat.minutes || [];
-    lineChart($("chart-latency"), {
-      labels: mins.map((m) => (new Date(m.t * 1000).getMinutes() % 10 === 0 ? hhmm(m.t) : "")),
-      labelEvery: 1,
-      lines: [
-        { name: "avg", color: avg, values: mins.map((m) => m.avg_ms) },
-        { name: "p95", color: p95, values: mins.map((m) => m.p95_ms) },
-      ],
-      tips: mins.map((m) => [hhmm(m.t), `avg ${fmtMs(m.avg_ms)}`, `p95 ${fmtMs(m.p95_ms)}`]),
-    });
-    const table = $("latency-providers");
-    table.replaceChildren();
-    if (!(lat.providers || []).length) return;
-    table.appendChild(row(["Provider", r("Requests"), r("avg"), r("p50"), r("p95"), r("p99")], true));
-    for (const p of lat.providers) {
-      table.appendChild(row([p.name, r(fmtInt(p.count)), r(fmtMs(p.avg_ms)), r(fmtMs(p.p50_ms)), r(fmtMs(p.p95_ms)), r(fmtMs(p.p99_ms))]));
-    }
-    if (lat.ttft_p50_ms !== null && lat.ttft_p50_ms !== undefined) {
-      table.appendChild(el("caption", "", `Time to first byte p50: ${fmtMs(lat.ttft_p50_ms)}` + (lat.sampled ? " · sampled from the latest requests" : "")));
+function renderAdmin() {
+  const on = Boolean(adminData);
+  $("admin-section").hidden = !on;
+  const toggle = $("admin-toggle");
+  toggle.textContent = on ? "Admin ✓ · lock" : "Admin";
+  toggle.classList.toggle("unlocked", on);
+  if (!on) return;
+  const table = $("failures-table");
+  table.replaceChildren();
+  const rows = adminData.failures || [];
+  if (!rows.length) {
+    table.appendChild(row([{ text: "No failed calls.", cls: "muted" }]));
+  } else {
+    table.appendChild(row(["Time", "Client", "Provider / model", "Status", "Code"], true));
+    for (const f of rows) {
+      table.appendChild(row([hhmmss(f.ts), f.client || "–", [f.provider, f.model].filter(Boolean).join(" / ") || "–", { node: el("span", "pill " + (f.status >= 500 ? "invalid" : "exhausted"), f.status) }, { node: el("code", "", f.error_code || "–") }]));
     }
   }
+}
 
-  function renderErrors() {
-    const table = $("errors-table");
-    table.replaceChildren();
-    const rows = data.errors || [];
-    if (!rows.length) {
-      table.appendChild(row([{ text: "No failed requests in the last hour.", cls: "muted" }]));
-    } else {
-      table.appendChild(row(["Status", "Code", "Provider", r("Requests")], true));
-      for (const e of rows) {
-        table.appendChild(row([{ node: el("span", "pill " + (e.status >= 500 ? "invalid" : e.status >= 400 ? "exhausted" : "cooling"), e.status) }, { node: el("code", "", e.error_code || "–") }, e.provider || "–", r(fmtInt(e.count))]));
-      }
-    }
-    const chips = $("since-start");
-    chips.replaceChildren();
-    const since = data.since_start || { refusals: {}, attempts: [] };
-    const chip = (label, n, bad) => {
-      const c = el("span", "chip" + (bad ? " bad" : ""), label);
-      c.appendChild(el("b", "", fmtInt(n)));
-      chips.appendChild(c);
-    };
-    for (const a of since.attempts) chip(`${a.provider} attempts ${a.outcome}`, a.count, a.outcome !== "ok");
-    for (const [reason, n] of Object.entries(since.refusals)) chip(`refused: ${reason}`, n, true);
-    if (since.ledger_dropped) chip("ledger rows dropped", since.ledger_dropped, true);
-    if (!chips.childElementCount) chips.appendChild(el("span", "muted small", "Nothing yet."));
-  }
+function render() {
+  if (!data) return;
+  $("admin-box").hidden = !data.admin;
+  renderKpis();
+  renderTraffic();
+  renderLatency();
+  renderErrors();
+  renderSpend();
+  renderProviders();
+  renderAdmin();
+  tick();
+}
 
-  function renderSpend() {
-    document.querySelectorAll(".seg button").forEach((b) => b.classList.toggle("on", b.dataset.period === period));
-    const pick = (s) => (s ? s[period] : []);
-    hbars($("spend-model"), pick(data.spend_by_model), css("--accent"));
-    hbars($("spend-provider"), pick(data.spend_by_provider), "#22b8cf");
-    if (adminData) hbars($("spend-client"), pick(adminData.spend_by_client), css("--avg"));
+// --- data ----------------------------------------------------------------------------------
+function status(ok, text) {
+  $("live").className = "live " + (ok ? "ok" : "fail");
+  $("updated").textContent = text;
+}
+async function fetchAdmin() {
+  const secret = sessionStorage.getItem(SECRET);
+  if (!secret || !data || !data.admin) { adminData = null; return; }
+  const res = await fetch("/admin/dashboard.json", { cache: "no-store", headers: { "admin-secret": secret } });
+  if (res.status === 401 || res.status === 403 || res.status === 404) {
+    sessionStorage.removeItem(SECRET);
+    adminData = null;
+    showAdminError("That secret was refused.");
+    return;
   }
+  if (!res.ok) throw new Error("admin data: HTTP " + res.status);
+  adminData = await res.json();
+}
+async function refresh() {
+  clearTimeout(timer);
+  try {
+    const res = await fetch("/status.json", { cache: "no-store" });
+    if (!res.ok) throw new Error("HTTP " + res.status);
+    data = await res.json();
+    fetchedAt = performance.now();
+    await fetchAdmin();
+    render();
+    status(true, "live · updated " + hhmmss(Date.now() / 1000) + (data.database_error ? " · database unavailable" : ""));
+  } catch (e) {
+    status(false, "update failed (" + (e && e.message ? e.message : e) + ")");
+  }
+  timer = setTimeout(refresh, REFRESH_MS);
+}
 
-  function backIn(k) {
-    if (!k.until) return "";
-    const left = k.until - serverNow();
-    return left > 0 ? fmtDuration(left) : "now";
-  }
-  function renderProviders() {
-    const root = $("providers");
-    root.replaceChildren();
-    const all = data.providers.flatMap((p) => p.keys);
-    $("keys-summary").textContent = `${data.providers.length} provider${data.providers.length === 1 ? "" : "s"} · ${all.length} key${all.length === 1 ? "" : "s"} · usage is today's (UTC)`;
-    for (const p of data.providers) {
-      const box = el("div", "provider");
-      box.dataset.provider = p.name;
-      const head = el("div", "provider-head");
-      head.appendChild(el("h3", "", p.name));
-      const ready = p.keys.filter((k) => k.state === "ready").length;
-      const right = el("div");
-      if (p.paused_for_s) {
-        const pill = el("span", "pill paused countdown", "");
-        pill.dataset.until = String(serverNow() + p.paused_for_s);
-        pill.dataset.prefix = "paused · ";
-        right.appendChild(pill);
-        right.appendChild(document.createTextNode(" "));
-      }
-      right.appendChild(el("span", "muted small", `${ready} of ${p.keys.length} ready`));
-      head.appendChild(right);
-      box.appendChild(head);
-      const bar = el("div", "statebar");
-      for (const s of STATES) {
-        const n = p.keys.filter((k) => k.state === s).length;
-        if (n) { const seg = el("span", "seg-" + s); seg.style.width = (100 * n) / p.keys.length + "%"; bar.appendChild(seg); }
-      }
-      box.appendChild(bar);
-      const table = el("table", "table compact");
-      table.appendChild(row(["Key", "State", "Back in", r("Requests"), r("Tokens"), "Reason"], true));
-      for (const k of p.keys) {
-        const tr = row([
-          { node: el("code", "", k.key_id) },
-          { node: el("span", "pill " + k.state, k.state) },
-          { node: el("span", "countdown", backIn(k)) },
-          r(fmtInt(k.requests_today)),
-          r(fmtCompact(k.tokens_today)),
-          { node: el("div", "reason", k.reason || "") },
-        ]);
-        tr.dataset.keyId = k.key_id;
-        tr.dataset.state = k.state;
-        if (k.until) tr.querySelector(".countdown").dataset.until = String(k.until);
-        tr.querySelector(".reason").title = k.reason || "";
-        table.appendChild(tr);
-      }
-      box.appendChild(table);
-      root.appendChild(box);
-    }
-  }
-  function tick() {
-    document.querySelectorAll(".countdown[data-until]").forEach((node) => {
-      const left = Number(node.dataset.until) - serverNow();
-      node.textContent = (node.dataset.prefix || "") + (left > 0 ? fmtDuration(left) : "now");
-    });
-  }
-
-  function renderAdmin() {
-    const on = Boolean(adminData);
-    $("admin-section").hidden = !on;
-    const toggle = $("admin-toggle");
-    toggle.textContent = on ? "Admin ✓ · lock" : "Admin";
-    toggle.classList.toggle("unlocked", on);
-    if (!on) return;
-    const table = $("failures-table");
-    table.replaceChildren();
-    const rows = adminData.failures || [];
-    if (!rows.length) {
-      table.appendChild(row([{ text: "No failed calls.", cls: "muted" }]));
-    } else {
-      table.appendChild(row(["Time", "Client", "Provider / model", "Status", "Code"], true));
-      for (const f of rows) {
-        table.appendChild(row([hhmmss(f.ts), f.client || "–", [f.provider, f.model].filter(Boolean).join(" / ") || "–", { node: el("span", "pill " + (f.status >= 500 ? "invalid" : "exhausted"), f.status) }, { node: el("code", "", f.error_code || "–") }]));
-      }
-    }
-  }
-
-  function render() {
-    if (!data) return;
-    $("admin-box").hidden = !data.admin;
-    renderKpis();
-    renderTraffic();
-    renderLatency();
-    renderErrors();
-    renderSpend();
-    renderProviders();
-    renderAdmin();
-    tick();
-  }
-
-  // --- data ----------------------------------------------------------------------------------
-  function status(ok, text) {
-    $("live").className = "live " + (ok ? "ok" : "fail");
-    $("updated").textContent = text;
-  }
-  async function fetchAdmin() {
-    const secret = sessionStorage.getItem(SECRET);
-    if (!secret || !data || !data.admin) { adminData = null; return; }
-    const res = await fetch("/admin/dashboard.json", { cache: "no-store", headers: { "admin-secret": secret } });
-    if (res.status === 401 || res.status === 403 || res.status === 404) {
+function showAdminError(text) {
+  const box = $("admin-error");
+  box.textContent = text;
+  box.hidden = !text;
+}
+function setupAdmin() {
+  $("admin-toggle").addEventListener("click", () => {
+    if (adminData || sessionStorage.getItem(SECRET)) {
       sessionStorage.removeItem(SECRET);
       adminData = null;
-      showAdminError("That secret was refused.");
+      render();
       return;
     }
-    if (!res.ok) throw new Error("admin data: HTTP " + res.status);
-    adminData = await res.json();
-  }
-  async function refresh() {
-    clearTimeout(timer);
-    try {
-      const res = await fetch("/status.json", { cache: "no-store" });
-      if (!res.ok) throw new Error("HTTP " + res.status);
-      data = await res.json();
-      fetchedAt = performance.now();
-      await fetchAdmin();
-      render();
-      status(true, "live · updated " + hhmmss(Date.now() / 1000) + (data.database_error ? " · database unavailable" : ""));
-    } catch (e) {
-      status(false, "update failed (" + (e && e.message ? e.message : e) + ")");
-    }
-    timer = setTimeout(refresh, REFRESH_MS);
-  }
-
-  function showAdminError(text) {
-    const box = $("admin-error");
-    box.textContent = text;
-    box.hidden = !text;
-  }
-  function setupAdmin() {
-    $("admin-toggle").addEventListener("click", () => {
-      if (adminData || sessionStorage.getItem(SECRET)) {
-        sessionStorage.removeItem(SECRET);
-        adminData = null;
-        render();
-        return;
-      }
-      const form = $("admin-form");
-      form.hidden = !form.hidden;
-      if (!form.hidden) $("admin-secret").focus();
-    });
-    $("admin-form").addEventListener("submit", (ev) => {
-      ev.preventDefault();
-      const input = $("admin-secret");
-      if (!input.value) return;
-      sessionStorage.setItem(SECRET, input.value);
-      input.value = "";
-      $("admin-form").hidden = true;
-      showAdminError("");
-      refresh();
-    });
-  }
-
-  function start() {
-    setupAdmin();
-    document.querySelectorAll(".seg button").forEach((b) => b.addEventListener("click", () => {
-      period = b.dataset.period;
-      renderSpend();
-    }));
-    let resizeTimer = 0;
-    window.addEventListener("resize", () => {
-      clearTimeout(resizeTimer);
-      resizeTimer = setTimeout(render, 150);
-    });
-    document.addEventListener("visibilitychange", () => { if (!document.hidden) refresh(); });
-    setInterval(tick, 1000);
+    const form = $("admin-form");
+    form.hidden = !form.hidden;
+    if (!form.hidden) $("admin-secret").focus();
+  });
+  $("admin-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const input = $("admin-secret");
+    if (!input.value) return;
+    sessionStorage.setItem(SECRET, input.value);
+    input.value = "";
+    $("admin-form").hidden = true;
+    showAdminError("");
     refresh();
-  }
-  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
-  else start();
-})();
+  });
+}
+
+function start() {
+  $("refresh-every").textContent = String(REFRESH_MS / 1000);
+  setupAdmin();
+  document.querySelectorAll(".seg button").forEach((b) => b.addEventListener("click", () => {
+    period = b.dataset.period;
+    renderSpend();
+  }));
+  let resizeTimer = 0;
+  window.addEventListener("resize", () => {
+    clearTimeout(resizeTimer);
+    resizeTimer = setTimeout(render, 150);
+  });
+  document.addEventListener("visibilitychange", () => { if (!document.hidden) refresh(); });
+  setInterval(tick, 1000);
+  refresh();
+}
+if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+else start();

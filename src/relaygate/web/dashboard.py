@@ -6,6 +6,7 @@ latest failures, for the admin only. Every query is bounded by a time window or 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -28,7 +29,7 @@ def percentile(ordered: Sequence[int], q: float) -> int | None:
     """Nearest-rank percentile of an ascending sequence (None when empty)."""
     if not ordered:
         return None
-    rank = max(1, min(len(ordered), round(q * len(ordered) + 0.5)))
+    rank = max(1, min(len(ordered), math.ceil(q * len(ordered))))
     return ordered[rank - 1]
 
 
@@ -93,12 +94,20 @@ def days(store: SQLiteStore, now: float) -> list[dict[str, Any]]:
     ]
 
 
-def _spend_rows(store: SQLiteStore, column: str, since: str) -> list[dict[str, Any]]:
-    # `column` is one of a fixed set of names chosen by this module, never user text
+# what spend is grouped by: fixed SQL expressions chosen here, never user text
+GROUPS = {
+    "model": "CASE WHEN provider = '' THEN model ELSE provider || '/' || model END",
+    "provider": "provider",
+    "client": "client",
+}
+
+
+def _spend_rows(store: SQLiteStore, group: str, since: str) -> list[dict[str, Any]]:
+    expr = GROUPS[group]
     rows = store.query(
-        f"SELECT {column} AS name, SUM(requests) AS requests, SUM(errors) AS errors, "  # noqa: S608
+        f"SELECT {expr} AS name, SUM(requests) AS requests, SUM(errors) AS errors, "  # noqa: S608
         "SUM(prompt_tokens + completion_tokens) AS tokens, SUM(cost_usd) AS cost_usd "
-        f"FROM usage_daily WHERE day >= ? GROUP BY {column} "
+        "FROM usage_daily WHERE day >= ? GROUP BY name "
         "ORDER BY cost_usd DESC, requests DESC, name LIMIT ?",
         (since, TOP),
     )
@@ -114,11 +123,11 @@ def _spend_rows(store: SQLiteStore, column: str, since: str) -> list[dict[str, A
     ]
 
 
-def spend(store: SQLiteStore, now: float, column: str) -> dict[str, list[dict[str, Any]]]:
-    """Spend grouped by `column` for today and for the last 14 days (UTC days)."""
+def spend(store: SQLiteStore, now: float, group: str) -> dict[str, list[dict[str, Any]]]:
+    """Spend by model (`provider/model`), provider or client, today and over 14 days (UTC)."""
     return {
-        "today": _spend_rows(store, column, utc_day(now)),
-        "days14": _spend_rows(store, column, utc_day(now - 86400 * (DAYS - 1))),
+        "today": _spend_rows(store, group, utc_day(now)),
+        "days14": _spend_rows(store, group, utc_day(now - 86400 * (DAYS - 1))),
     }
 
 
@@ -182,5 +191,5 @@ def admin_numbers(store: SQLiteStore, now: float) -> dict[str, Any]:
     return {
         "now": now,
         "spend_by_client": spend(store, now, "client"),
-        "failures": failures(store, limit=15),
+        "failures": failures(store, limit=10),
     }

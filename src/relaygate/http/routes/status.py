@@ -4,6 +4,7 @@ and the dashboard's admin data (`admin_router`, included only when an admin secr
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sqlite3
 import time
@@ -18,6 +19,7 @@ from starlette.responses import HTMLResponse, Response
 
 from relaygate.gateway import Gateway
 from relaygate.http._common import gateway, is_admin, json_response, require_admin, require_client
+from relaygate.storage.sqlite import SQLiteStore
 from relaygate.web.dashboard import admin_numbers, public_numbers
 
 log = logging.getLogger("relaygate.http")
@@ -27,6 +29,7 @@ admin_router = APIRouter(tags=["admin"])
 # the only files served from relaygate/web, with their content types
 STATIC = {
     "dashboard.js": "text/javascript; charset=utf-8",
+    "charts.js": "text/javascript; charset=utf-8",
     "dashboard.css": "text/css; charset=utf-8",
 }
 _PAGE_HEADERS = {
@@ -39,9 +42,11 @@ _PAGE_HEADERS = {
     "referrer-policy": "no-referrer",
     "cache-control": "no-cache",
 }
+CACHE_S = 1.0  # /status.json is open: the database answers it at most once a second
 _KEY_FIELDS = ("key_id", "state", "until", "retry_in_s", "reason", "requests_today", "tokens_today")
 
 
+@functools.cache  # a few small files of the installed package, read once
 def _web_file(name: str) -> bytes:
     return resources.files("relaygate.web").joinpath(name).read_bytes()
 
@@ -71,6 +76,11 @@ def _static(name: str) -> Response:
 @router.get("/static/dashboard.js", tags=["open"], summary="The dashboard's script")
 async def dashboard_js() -> Response:
     return _static("dashboard.js")
+
+
+@router.get("/static/charts.js", tags=["open"], summary="The dashboard's charts")
+async def charts_js() -> Response:
+    return _static("charts.js")
 
 
 @router.get("/static/dashboard.css", tags=["open"], summary="The dashboard's style sheet")
@@ -113,6 +123,19 @@ def _since_start(gw: Gateway) -> dict[str, Any]:
     }
 
 
+async def _public_numbers(request: Request, store: SQLiteStore, now: float) -> dict[str, Any]:
+    """The database part of /status.json, computed at most once a second however many look."""
+    state = request.app.state
+    cached = getattr(state, "dashboard_numbers", None)
+    if cached is not None and 0 <= now - cached[0] < CACHE_S:
+        numbers: dict[str, Any] = cached[1]
+        return numbers
+    await gateway(request).accounting.ledger.flush()
+    numbers = await asyncio.to_thread(public_numbers, store, now)
+    state.dashboard_numbers = (now, numbers)
+    return numbers
+
+
 @router.get("/status.json", tags=["open"], summary="Data of the dashboard (no secrets, no clients)")
 async def status_data(request: Request) -> Response:
     gw = gateway(request)
@@ -125,9 +148,8 @@ async def status_data(request: Request) -> Response:
     }
     store = gw.store
     if store is not None:
-        await gw.accounting.ledger.flush()
         try:
-            data |= await asyncio.to_thread(public_numbers, store, now)
+            data |= await _public_numbers(request, store, now)
         except sqlite3.Error as exc:  # the keys are still worth showing
             log.warning("dashboard query failed: %s", type(exc).__name__)
             data["database_error"] = True
