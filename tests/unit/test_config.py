@@ -383,3 +383,20 @@ def test_bad_config_stops_the_cli_with_one_line(tmp_path, yaml_text, field, comm
     assert len(lines) == 1, done.stderr
     assert field in lines[0] and str(path.name) in lines[0]
     assert "Traceback" not in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize(
+    ("env", "files", "named"),
+    [
+        ({"PROXY_API_KEY": "Q7shrt"}, {}, "PROXY_API_KEY"),
+        ({"CLIENT_API_KEYS_MAP": "long-enough-key:A,Q7shrt:B"}, {}, "CLIENT_API_KEYS_MAP"),
+        ({}, {"keys/forwarder_api_keys.txt": "fwd_long_enough\nQ7shrt\n"}, "api_keys.txt: line 2"),
+    ],
+    ids=["proxy", "map", "keys-file"],
+)
+def test_a_too_short_client_key_names_its_variable_or_file(tmp_path, env, files, named):
+    for name, text in files.items():
+        write(tmp_path / name, text)
+    message = _one_line_error(None, env, tmp_path)
+    assert named in message and "8 characters" in message
+    assert "Q7shrt" not in message  # the key itself is never shown

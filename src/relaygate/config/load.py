@@ -13,7 +13,7 @@ import yaml
 from dotenv import dotenv_values
 from pydantic import ValidationError
 
-from relaygate.config.model import Config
+from relaygate.config.model import MIN_CLIENT_KEY, Config
 from relaygate.errors import ConfigError
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -147,26 +147,38 @@ def _apply_provider_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
         routing["priority"] = env["PROVIDERS_PRIORITY"]
 
 
-def _read_keys_file(path: Path) -> list[str]:
+def _read_keys_file(path: Path) -> list[tuple[int, str]]:
+    """(line number, key) of every key line; blank lines and `#` comments are skipped."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the keys file ({exc.strerror})") from None
-    return [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+    found = [(n, ln.strip()) for n, ln in enumerate(lines, 1)]
+    return [(n, key) for n, key in found if key and not key.startswith("#")]
+
+
+def _client(name: str, key: str, where: str) -> dict[str, str]:
+    """A static client key; a short one is refused here, where its source can be named."""
+    if len(key) < MIN_CLIENT_KEY:
+        raise ConfigError(f"{where}: a client key needs at least {MIN_CLIENT_KEY} characters")
+    return {"name": name, "key": key}
 
 
 def _apply_client_env(data: dict[str, Any], env: Mapping[str, str], cwd: Path) -> None:
     clients: list[Any] = data.setdefault("clients", [])
     if env.get("PROXY_API_KEY"):
-        clients.append({"name": "proxy-api-key", "key": env["PROXY_API_KEY"].strip()})
+        key = env["PROXY_API_KEY"].strip()
+        clients.append(_client("proxy-api-key", key, "environment: PROXY_API_KEY"))
     for i, pair in enumerate(p for p in env.get("CLIENT_API_KEYS_MAP", "").split(",") if p.strip()):
         key, _, name = pair.strip().partition(":")
-        clients.append({"name": name.strip() or f"client-{i + 1}", "key": key.strip()})
+        label = name.strip() or f"client-{i + 1}"
+        where = f"environment: CLIENT_API_KEYS_MAP: entry {i + 1} ({label})"
+        clients.append(_client(label, key.strip(), where))
     keys_file = env.get("RELAYGATE_KEYS_FILE") or data.get("keys_file")
     path = _in(cwd, keys_file) if keys_file else cwd / DEFAULT_KEYS_FILE
     if keys_file or path.is_file():
-        for i, key in enumerate(_read_keys_file(path)):
-            clients.append({"name": f"keys-file-{i + 1}", "key": key})
+        for i, (line, key) in enumerate(_read_keys_file(path)):
+            clients.append(_client(f"keys-file-{i + 1}", key, f"{path}: line {line}"))
 
 
 _SCALARS = {

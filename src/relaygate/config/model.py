@@ -78,9 +78,12 @@ class RetryConfig(_Model):
     pool_throttle_window_s: float = Field(default=10.0, gt=0)
 
 
+MIN_CLIENT_KEY = 8
+
+
 class ClientConfig(_Model):
     name: str = Field(min_length=1)
-    key: str = Field(min_length=8)
+    key: str = Field(min_length=MIN_CLIENT_KEY)
     rpm: int | None = Field(default=None, ge=1)
     tpm: int | None = Field(default=None, ge=1)
     monthly_budget_usd: float | None = Field(default=None, ge=0)
