@@ -48,7 +48,8 @@ def _url(value: str | None) -> str | None:
 
 
 class ReportsConfig(BaseModel):
-    """`reports:` in the config. A report is scheduled when it has somewhere to go."""
+    """`reports:` in the config. A report is scheduled when it has somewhere to go (Telegram
+    token + chat id, and/or a webhook URL); `daily_at` is then 08:00 unless set."""
 
     model_config = ConfigDict(extra="forbid")
 
