@@ -228,10 +228,14 @@ class Gateway:
         try:
             yield started.first
             idle = started.provider.config.stream_idle_timeout_s
+            guarded = getattr(started.response, "idle_guarded", False)
             while relay.error is None and not relay.finished:
                 try:
-                    async with asyncio.timeout(idle):
+                    if guarded:  # the transport's own read timeout watches for silence
                         data = await anext(started.chunks)
+                    else:
+                        async with asyncio.timeout(idle):
+                            data = await anext(started.chunks)
                 except StopAsyncIteration:
                     tail = relay.end()
                     if tail:

@@ -69,6 +69,7 @@ class UpstreamRequest:
     headers: dict[str, str]
     body: bytes | None = None
     json: dict[str, Any] | None = field(default=None, repr=False)
+    read_timeout_s: float | None = None  # streams: the longest silence between two reads
 
 
 class UpstreamResponse(Protocol):

@@ -307,3 +307,28 @@ def test_admin_disable_and_enable_a_key(live_gateway, fake_openai):
 def test_admin_routes_do_not_exist_without_an_admin_secret(live_gateway, fake_openai):
     gw = live_gateway({"providers": {"up": openai_provider(fake_openai, ["sk-a"])}})
     assert httpx.get(gw.base + "/admin/keys", headers={"admin-secret": "x"}).status_code == 404
+
+
+def test_a_stream_that_goes_silent_ends_with_a_timeout_event(live_gateway, fake_openai):
+    fake_openai.script("sk-a", Reply(chunks=4, chunk_delay_s=0.05), Reply(chunks=4))
+    gw = start(live_gateway, fake_openai, ["sk-a"], stream_idle_timeout_s=0.3)
+    fake_openai.script("sk-a", Reply(chunks=6, chunk_delay_s=0.0, first_chunk_delay_s=0.0))
+    ok = httpx.post(
+        gw.v1 + "/chat/completions",
+        headers=gw.headers(),
+        timeout=10,
+        json={"model": "up/gpt-4o-mini", "messages": MSG, "stream": True},
+    )
+    assert ok.text.rstrip().endswith("data: [DONE]")
+    fake_openai.script("sk-a", Reply(chunks=6, chunk_delay_s=1.0))
+    started = time.monotonic()
+    with httpx.stream(
+        "POST",
+        gw.v1 + "/chat/completions",
+        headers=gw.headers(),
+        timeout=10,
+        json={"model": "up/gpt-4o-mini", "messages": MSG, "stream": True},
+    ) as resp:
+        body = resp.read()
+    assert time.monotonic() - started < 3
+    assert b'"upstream_timeout"' in body and b"[DONE]" not in body

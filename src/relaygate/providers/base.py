@@ -66,12 +66,16 @@ class StreamRelay(ABC):
 
 
 class _AiohttpResponse:
-    __slots__ = ("_resp", "headers", "status")
+    """Reads of a stream are guarded by aiohttp's own socket read timeout (one timer per
+    connection, reset as data arrives), so the relay needs no timeout of its own per chunk."""
+
+    __slots__ = ("_resp", "headers", "idle_guarded", "status")
 
     def __init__(self, resp: aiohttp.ClientResponse) -> None:
         self._resp = resp
         self.status = resp.status
         self.headers: Mapping[str, str] = resp.headers
+        self.idle_guarded = False
 
     async def read(self, limit: int) -> bytes:
         parts: list[bytes] = []
@@ -92,6 +96,15 @@ class _AiohttpResponse:
             self._resp.release()
         else:
             self._resp.close()
+
+
+_DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10)
+
+
+def _timeout(read_s: float | None) -> aiohttp.ClientTimeout:
+    if read_s is None:
+        return _DEFAULT_TIMEOUT
+    return aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=read_s)
 
 
 class Provider(ABC):
@@ -137,8 +150,11 @@ class Provider(ABC):
                 data=request.body,
                 headers=request.headers,
                 allow_redirects=False,
+                timeout=_timeout(request.read_timeout_s),
             )
-        return _AiohttpResponse(resp)
+        wrapped = _AiohttpResponse(resp)
+        wrapped.idle_guarded = request.read_timeout_s is not None
+        return wrapped
 
     @abstractmethod
     def parse_response(self, body: bytes, *, model: str) -> tuple[bytes, Usage | None]:

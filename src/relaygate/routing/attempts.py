@@ -165,6 +165,8 @@ class AttemptLoop:
         request = provider.build_request(body, model=target.model, key=lease.secret, stream=stream)
         response: UpstreamResponse | None = None
         try:
+            if stream:
+                request.read_timeout_s = provider.config.stream_idle_timeout_s
             response = await provider.send(self.session(), request, timeout_s=timeout_s)
             if response.status >= 400:
                 async with asyncio.timeout(timeout_s):
