@@ -33,6 +33,7 @@ log = logging.getLogger("relaygate.gateway")
 FLUSH_EVERY_S = 1.0
 PRUNE_EVERY_S = 3600.0
 LIBRARY_ROUTE = "library"
+CLIENT_DISCONNECTED = "client_disconnected"  # the ledger's error code for a stream left early
 
 
 def build_providers(config: Config) -> dict[str, Provider]:
@@ -73,6 +74,7 @@ class Gateway:
             session=self.session,
             retry=self.config.retries,
             on_attempt=lambda provider, outcome: attempts_metric.labels(provider, outcome).inc(),
+            redact=self.redact,
         )
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -262,6 +264,9 @@ class Gateway:
         except (aiohttp.ClientError, OSError):
             error_code = UpstreamError.code
             yield UpstreamError("The upstream connection was lost mid-stream.").sse_event()
+        except (asyncio.CancelledError, GeneratorExit):
+            error_code = CLIENT_DISCONNECTED
+            raise
         finally:
             started.response.close()
             prompt = call.prompt_estimate if call else 0

@@ -115,6 +115,10 @@ class Lease:
     def failed(self, failure: Failure) -> None:
         self._pool.on_failure(self.key, failure)
 
+    def unused(self) -> None:
+        """Nothing was sent with this key after all: take the request back from its counts."""
+        self._pool.on_unused(self.key)
+
 
 class KeyPool:
     def __init__(
@@ -205,6 +209,12 @@ class KeyPool:
         return max(0.0, key.window[0][0] + 60 - now) if key.window else 0.0
 
     # --- outcomes -------------------------------------------------------------------------------
+    def on_unused(self, key: KeyState) -> None:
+        key.requests_today = max(0, key.requests_today - 1)
+        key.requests_total = max(0, key.requests_total - 1)
+        if key.window:
+            key.window.pop()
+
     def on_success(self, key: KeyState, usage: Usage | None) -> None:
         tokens = usage.total_tokens if usage else 0
         key.tokens_today += tokens

@@ -15,6 +15,7 @@ import aiohttp
 
 from relaygate.config.model import RetryConfig
 from relaygate.errors import (
+    InvalidRequest,
     NoAvailableKeys,
     RelaygateError,
     UpstreamError,
@@ -69,12 +70,14 @@ class AttemptLoop:
         session: Callable[[], aiohttp.ClientSession],
         retry: RetryConfig,
         on_attempt: Callable[[str, str], None] | None = None,
+        redact: Callable[[str], str] = str,
     ) -> None:
         self.providers = providers
         self.pools = pools
         self.session = session
         self.retry = retry
         self.on_attempt = on_attempt or (lambda provider, outcome: None)
+        self.redact = redact
 
     async def run(
         self,
@@ -89,6 +92,7 @@ class AttemptLoop:
         attempts = 0
         last: Failure | None = None
         waits: list[float] = []
+        untranslatable: RelaygateError | None = None
         for target in plan:
             provider, pool = self.providers[target.provider], self.pools[target.provider]
             server_failures = 0
@@ -112,11 +116,17 @@ class AttemptLoop:
                     include_usage=include_usage,
                     timeout_s=timeout,
                 )
+                if isinstance(result, _Untranslatable):  # this target cannot take it: next
+                    attempts -= 1
+                    lease.unused()
+                    untranslatable = untranslatable or result.error
+                    break
                 if not isinstance(result, Failure):
                     self.on_attempt(target.provider, "ok")
                     result.attempts = attempts
                     return result
                 self.on_attempt(target.provider, result.kind)
+                result.message = self.redact(result.message)  # upstreams echo keys in errors
                 lease.failed(result)
                 last = result
                 log.info(
@@ -132,6 +142,8 @@ class AttemptLoop:
                 if result.kind in ("server", "timeout"):
                     server_failures += 1
                     await self._backoff(server_failures, deadline)
+        if untranslatable is not None and last is None and not waits:
+            raise _counted(untranslatable, attempts)
         raise _counted(self._final(last, waits, attempts), attempts)
 
     async def _backoff(self, n: int, deadline: float) -> None:
@@ -161,8 +173,13 @@ class AttemptLoop:
         stream: bool,
         include_usage: bool,
         timeout_s: float,
-    ) -> Completed | StreamStarted | Failure:
-        request = provider.build_request(body, model=target.model, key=lease.secret, stream=stream)
+    ) -> Completed | StreamStarted | Failure | _Untranslatable:
+        try:
+            request = provider.build_request(
+                body, model=target.model, key=lease.secret, stream=stream
+            )
+        except InvalidRequest as exc:
+            return _Untranslatable(exc)
         response: UpstreamResponse | None = None
         try:
             if stream:
@@ -220,6 +237,15 @@ class AttemptLoop:
                 if relay.error is not None:
                     return relay.error
         return StreamStarted(first, response, chunks, relay, lease, provider, target, 0)
+
+
+class _Untranslatable:
+    """The provider cannot express this request (e.g. an image URL it cannot fetch)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: InvalidRequest) -> None:
+        self.error = error
 
 
 def _counted(error: RelaygateError, attempts: int) -> RelaygateError:

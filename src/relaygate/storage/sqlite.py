@@ -210,7 +210,8 @@ INSERT INTO usage_daily (day, client, provider, model, key_id, requests, errors,
                          completion_tokens, cached_tokens, cost_usd, latency_ms_sum)
 VALUES (:day, COALESCE(:client, ''), COALESCE(:provider, ''), COALESCE(:model, ''),
         COALESCE(:key_id, ''), 1,
-        CASE WHEN :status >= 400 OR :error_code IS NOT NULL THEN 1 ELSE 0 END,
+        CASE WHEN :status >= 400 OR COALESCE(:error_code, 'client_disconnected')
+             != 'client_disconnected' THEN 1 ELSE 0 END,
         :prompt_tokens, :completion_tokens, :cached_tokens, :cost_usd, :latency_ms)
 ON CONFLICT (day, client, provider, model, key_id) DO UPDATE SET
     requests = requests + 1, errors = errors + excluded.errors,

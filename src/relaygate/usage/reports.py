@@ -68,7 +68,8 @@ def failures(store: SQLiteStore, *, limit: int = 50) -> list[dict[str, Any]]:
     """The latest failed calls (status >= 400 or an in-stream error): the redacted failure log."""
     return store.query(
         "SELECT id, ts, client, route, provider, model, key_id, status, error_code, latency_ms, "
-        "attempts FROM ledger WHERE status >= 400 OR error_code IS NOT NULL "
+        "attempts FROM ledger WHERE status >= 400 "
+        "OR COALESCE(error_code, 'client_disconnected') != 'client_disconnected' "
         "ORDER BY ts DESC LIMIT ?",
         (max(1, min(limit, 1000)),),
     )
