@@ -240,8 +240,9 @@ def test_relaygate_call_failures_are_one_line(live_gateway):
         {"DATABASE_URL": "sqlite:////proc/relaygate-nope/x.db"},
         {"PORT": "not-a-port"},
         {"RELAYGATE_CONFIG": "missing.yaml"},
+        {"LOG_LEVEL": "verbose"},
     ],
-    ids=["database", "port", "config-file"],
+    ids=["database", "port", "config-file", "log-level"],
 )
 def test_start_up_failures_are_one_line_without_traceback(tmp_path, env):
     done = subprocess.run(

@@ -314,6 +314,17 @@ def test_bad_environment_value_names_the_field(tmp_path):
     assert "server.port" in message and "environment" in message
 
 
+def test_log_level_is_checked_and_case_insensitive(tmp_path):
+    assert load_config(environ={"LOG_LEVEL": "DEBUG"}, cwd=tmp_path).server.log_level == "debug"
+    assert load_config(environ={"LOG_LEVEL": "Warning"}, cwd=tmp_path).server.log_level == (
+        "warning"
+    )
+    message = _one_line_error(None, {"LOG_LEVEL": "verbose"}, tmp_path)
+    assert "server.log_level" in message
+    with pytest.raises(ConfigError, match=r"server\.log_level"):
+        load_config(environ={}, cwd=tmp_path, overrides={"server": {"log_level": "loud"}})
+
+
 def test_top_level_must_be_a_mapping(tmp_path):
     path = write(tmp_path / "bad.yaml", "- a\n- b\n")
     assert str(path) in _one_line_error(path, {}, tmp_path)

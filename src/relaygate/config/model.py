@@ -16,6 +16,15 @@ def _split_csv(value: Any) -> Any:
 CsvList = Annotated[list[str], BeforeValidator(_split_csv)]
 
 
+def _lower(value: Any) -> Any:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+LogLevel = Annotated[
+    Literal["critical", "error", "warning", "info", "debug"], BeforeValidator(_lower)
+]
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False)
 
@@ -127,7 +136,7 @@ class ServerConfig(_Model):
     port: int = Field(default=8000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1)
     reload: bool = False
-    log_level: str = "info"
+    log_level: LogLevel = "info"
     log_json: bool = False
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     max_audio_body_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
