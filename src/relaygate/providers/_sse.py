@@ -53,4 +53,8 @@ def parse_event(block: bytes) -> tuple[bytes | None, bytes | None]:
 
 
 def data_event(payload: bytes) -> bytes:
+    """One `data:` event; a payload of several lines (joined by parse_event) gets one `data:`
+    line each, so the client reads back exactly the payload."""
+    if b"\n" in payload:
+        return b"".join(b"data: " + line + b"\n" for line in payload.split(b"\n")) + b"\n"
     return b"data: " + payload + b"\n\n"
