@@ -50,6 +50,16 @@ def max_output_tokens(body: Mapping[str, Any], default: int) -> int:
     return default
 
 
+@dataclass(slots=True)
+class _Children:
+    requests: Any
+    latency: Any
+    ttft: Any
+    prompt: Any
+    completion: Any
+    cost: Any
+
+
 class Accounting:
     def __init__(
         self,
@@ -72,6 +82,7 @@ class Accounting:
             on_drop=lambda n: self.metrics.ledger_drops.inc(n),
         )
         self.metrics = Metrics(pools, lambda: self.ledger.depth)
+        self._children: dict[tuple[str, str, str, int], _Children] = {}
         self.reports = DailyReports.from_config(config)  # a bad `reports:` stops start-up
         if store is not None:
             for client, spent in store.month_spend(month_of(clock())).items():
@@ -162,13 +173,39 @@ class Accounting:
                 estimated=usage.estimated,
             )
         )
-        m = self.metrics
-        m.requests.labels(call.route, provider, model, str(status)).inc()
-        m.latency.labels(provider).observe(latency)
+        self._observe(call, provider, model, status, latency, usage, cost)
+
+    def _observe(
+        self,
+        call: Call,
+        provider: str,
+        model: str,
+        status: int,
+        latency: float,
+        usage: Usage,
+        cost: float,
+    ) -> None:
+        key = (call.route, provider, model, status)
+        children = self._children.get(key)
+        if children is None:  # labels() lookups cost; keep the children of each combination
+            if len(self._children) > 10_000:
+                self._children.clear()
+            m = self.metrics
+            children = _Children(
+                m.requests.labels(call.route, provider, model, str(status)),
+                m.latency.labels(provider),
+                m.ttft.labels(provider),
+                m.tokens.labels(provider, model, "prompt"),
+                m.tokens.labels(provider, model, "completion"),
+                m.cost.labels(provider, model),
+            )
+            self._children[key] = children
+        children.requests.inc()
+        children.latency.observe(latency)
         if call.ttft_ms is not None:
-            m.ttft.labels(provider).observe(call.ttft_ms / 1000)
+            children.ttft.observe(call.ttft_ms / 1000)
         if usage.total_tokens:
-            m.tokens.labels(provider, model, "prompt").inc(usage.prompt_tokens)
-            m.tokens.labels(provider, model, "completion").inc(usage.completion_tokens)
+            children.prompt.inc(usage.prompt_tokens)
+            children.completion.inc(usage.completion_tokens)
         if cost:
-            m.cost.labels(provider, model).inc(cost)
+            children.cost.inc(cost)

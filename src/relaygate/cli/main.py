@@ -79,6 +79,7 @@ def _serve(
         "lifespan": "on",
         "log_config": None,
         "timeout_graceful_shutdown": 10,
+        "proxy_headers": False,  # client addresses are not used; skip the per-request rewrite
     }
     if cfg.server.reload:  # development: uvicorn re-imports the app factory on every change
         if config:

@@ -9,6 +9,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Literal
 
 from relaygate.config.model import KeyLimits, KeySpec, RetryConfig
@@ -30,7 +31,13 @@ def key_id(provider: str, key: str | None, label: str | None = None) -> str:
 
 
 def utc_day(now: float) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(now))
+    """The UTC date of `now` (asked on every key selection, so computed once per day)."""
+    return _day_label(int(now // 86400))
+
+
+@lru_cache(maxsize=8)
+def _day_label(day_number: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(day_number * 86400))
 
 
 @dataclass(eq=False)

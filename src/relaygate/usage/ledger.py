@@ -50,6 +50,11 @@ class LedgerSink(Protocol):
     def write_ledger(self, rows: list[dict[str, Any]]) -> None: ...
 
 
+def _write(sink: LedgerSink, rows: list[LedgerRow]) -> None:
+    """In the writer thread: rows become dicts there, not on the event loop."""
+    sink.write_ledger([r.as_dict() for r in rows])
+
+
 class Ledger:
     def __init__(
         self,
@@ -93,7 +98,7 @@ class Ledger:
             while self._buffer:
                 take = [self._buffer.popleft() for _ in range(min(self.batch, len(self._buffer)))]
                 try:
-                    await asyncio.to_thread(self.sink.write_ledger, [r.as_dict() for r in take])
+                    await asyncio.to_thread(_write, self.sink, take)
                 except (sqlite3.Error, OSError) as exc:
                     self._buffer.extendleft(reversed(take))
                     log.warning(
