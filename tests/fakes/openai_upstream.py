@@ -41,6 +41,7 @@ class Reply:
     groq_usage: bool = False  # x_groq.usage on the final chunk, even without include_usage
     usage_chunk: bool = True  # stream: False ignores include_usage (no trailing usage chunk)
     inband_error_first: bool = False  # stream: 200, then data:{"error"} before any chunk
+    oversized_after: int | None = None  # stream: after N content chunks, 5 MiB with no boundary
     body_override: dict[str, Any] | None = None  # non-streaming: answer this JSON as is
 
 
@@ -225,6 +226,9 @@ class FakeOpenAI:
                 )
                 return resp
             if reply.cut_after is not None and n == reply.cut_after:
+                return resp
+            if reply.oversized_after is not None and n == reply.oversized_after:
+                await resp.write(b"data: " + b"x" * (5 * 1024 * 1024))
                 return resp
             if reply.chunk_delay_s:
                 await asyncio.sleep(reply.chunk_delay_s)

@@ -460,3 +460,12 @@ def test_parameter_validation_errors_answer_in_the_spec_shape(live_gateway, fake
     )
     err = assert_error(resp, 400)
     assert err["type"] == "invalid_request_error" and err["param"] == "limit"
+
+
+def test_an_oversized_event_mid_stream_is_one_error_event(live_gateway, fake_openai):
+    fake_openai.default = Reply(text="a b c d e", oversized_after=2, chunk_delay_s=0.05)
+    gw = start(live_gateway, fake_openai)
+    resp, raw = _raw_stream(gw)
+    assert resp.status_code == 200
+    _assert_ends_with_one_error_event(raw, "upstream_error")
+    assert len(raw) < 10_000  # the oversized event itself never reaches the client

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import orjson
 
 from relaygate._logging import Redactor
-from relaygate.providers._sse import SSEBuffer, data_event, parse_event
+from relaygate.providers._sse import EventTooLarge, SSEBuffer, data_event, parse_event
 from relaygate.providers.base import (
     InBandFailure,
     Provider,
@@ -59,8 +59,13 @@ class OpenAIStreamRelay(StreamRelay):
         self._started = False
 
     def feed(self, data: bytes) -> bytes:
-        out = [self._event(block) for block in self._sse.feed(data)]
-        return b"".join(out)
+        try:
+            blocks = self._sse.feed(data)
+        except EventTooLarge:
+            if self.error is None and not self.finished:
+                self.error = Failure("server", 502, "the upstream sent an oversized stream event")
+            return b""
+        return b"".join([self._event(block) for block in blocks])
 
     def end(self) -> bytes:
         return b"".join(self._event(block) for block in self._sse.flush())
