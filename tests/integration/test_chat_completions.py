@@ -107,8 +107,8 @@ def test_stream_is_relayed_as_it_arrives_not_buffered(client, fake_openai):
     # the upstream needs >= 0.9 s for the whole answer; the first piece must not wait for it
     assert times[0] - started < 0.5
     assert times[-1] - times[0] > 0.6
-    gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert min(gaps) > 0.07, gaps
+    gaps = sorted(b - a for a, b in itertools.pairwise(times))
+    assert gaps[len(gaps) // 2] > 0.1, gaps  # the median gap is the upstream's spacing
 
 
 async def test_async_stream_is_relayed_as_it_arrives(gw, fake_openai):
