@@ -512,3 +512,21 @@ def test_include_usage_is_honoured_when_the_upstream_ignores_stream_options(clie
     assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (11, 5)
     assert last.id == chunks[0].id and last.model == chunks[0].model
     assert [c for c in chunks if c.usage is not None and not c.choices] == [last]
+
+
+def test_models_lists_providers_models_and_aliases(live_gateway, fake_openai):
+    gw = live_gateway(
+        {
+            "providers": {"up": openai_provider(fake_openai, [UP_KEY])},
+            "routing": {"aliases": {"fast": "up/gpt-4o-mini"}, "groups": {"smart": ["fast"]}},
+        }
+    )
+    with openai.OpenAI(base_url=gw.v1, api_key=gw.key, max_retries=0) as client:
+        models = client.models.list()
+        ids = [m.id for m in models]
+        assert {"up/gpt-4o-mini", "fast", "smart"} <= set(ids)
+        assert all(m.object == "model" for m in models)
+        for name in ("fast", "smart"):
+            answer = client.chat.completions.create(model=name, messages=MSG)
+            assert answer.choices[0].message.content == "Echo: one two three"
+    assert UP_KEY not in httpx.get(gw.v1 + "/models", headers=gw.headers()).text
