@@ -13,6 +13,7 @@ import pytest
 from relaygate import Gateway
 from relaygate.auth.clients import ClientRegistry, extract_key, generate_key, hash_key
 from relaygate.config.model import Config
+from relaygate.errors import ModelNotFound
 from relaygate.storage.sqlite import open_store
 from tests.integration._proc import clean_env
 
@@ -89,6 +90,22 @@ async def test_echo_text_parts_and_max_tokens(echo_gw):
 
 async def test_echo_models_are_listed(echo_gw):
     assert "echo/echo" in echo_gw.models()
+
+
+OTHER = {"type": "openai", "base_url": "http://127.0.0.1:9/v1", "keys": ["sk-x"], "models": ["m"]}
+
+
+async def test_echo_is_off_once_another_provider_is_configured():
+    async with Gateway(Config.model_validate({"providers": {"up": OTHER}}), persist=False) as gw:
+        with pytest.raises(ModelNotFound):
+            await gw.chat([{"role": "user", "content": "hi"}], model="echo/x")
+
+
+async def test_echo_on_request_next_to_other_providers():
+    config = Config.model_validate({"providers": {"up": OTHER, "echo": {}}})
+    async with Gateway(config, persist=False) as gw:
+        out = await gw.chat([{"role": "user", "content": "still here"}], model="echo/x")
+    assert out["choices"][0]["message"]["content"] == "still here"
 
 
 # --- keys -------------------------------------------------------------------------------------
