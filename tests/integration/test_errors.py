@@ -40,7 +40,7 @@ def post(gw, payload: Any = None, *, content: Any = None, headers=None, stream=F
         gw.v1 + "/chat/completions",
         json=payload if content is None else None,
         content=content,
-        headers=gw.headers(**(headers or {})) if headers is not False else {},
+        headers=gw.headers(**(headers or {})),
         timeout=10,
     )
 
@@ -469,3 +469,16 @@ def test_an_oversized_event_mid_stream_is_one_error_event(live_gateway, fake_ope
     assert resp.status_code == 200
     _assert_ends_with_one_error_event(raw, "upstream_error")
     assert len(raw) < 10_000  # the oversized event itself never reaches the client
+
+
+def test_the_admin_secret_is_not_a_client_key(live_gateway, fake_openai):
+    secret = "admin-secret-for-errors-0123"
+    gw = live_gateway(
+        {"providers": {"up": openai_provider(fake_openai, ["sk-up-a"])}, "admin_secret": secret}
+    )
+    for headers in ({"Authorization": f"Bearer {secret}"}, {"x-api-key": secret}):
+        resp = httpx.post(
+            gw.v1 + "/chat/completions", json={"model": MODEL, "messages": MSG}, headers=headers
+        )
+        assert_error(resp, 401, "invalid_api_key")
+    assert fake_openai.calls() == []
