@@ -482,3 +482,22 @@ def test_the_admin_secret_is_not_a_client_key(live_gateway, fake_openai):
         )
         assert_error(resp, 401, "invalid_api_key")
     assert fake_openai.calls() == []
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"stream": True, "stream_options": "yes"},
+        {"stream": True, "stream_options": [1, 2]},
+        {"stream": "yes"},
+        {"stream": 1},
+        {"stream": True, "stream_options": {"include_usage": "yes"}},
+    ],
+    ids=["options-string", "options-list", "stream-string", "stream-int", "usage-string"],
+)
+def test_malformed_stream_fields_are_400(live_gateway, fake_openai, fields):
+    gw = start(live_gateway, fake_openai)
+    err = assert_error(post(gw, {"model": MODEL, "messages": MSG, **fields}), 400)
+    assert err["type"] == "invalid_request_error"
+    assert err["param"] in {"stream", "stream_options", "stream_options.include_usage"}
+    assert fake_openai.calls() == []

@@ -126,7 +126,8 @@ class OpenAICompatProvider(Provider):
                 for m in body.get("messages", ())
             ]
         if stream:
-            options = dict(out.get("stream_options") or {})
+            given = out.get("stream_options")
+            options = dict(given) if isinstance(given, dict) else {}
             options["include_usage"] = True
             out["stream_options"] = options
         headers = {"content-type": "application/json"}

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from relaygate.errors import RelaygateError
+from relaygate.errors import InvalidRequest, RelaygateError
 from relaygate.http._common import gateway, read_json, request_id, require_client
 from relaygate.routing.attempts import Completed
 
@@ -39,6 +41,23 @@ _BODY_DOC = {
 }
 
 
+def _check_stream_fields(body: dict[str, Any]) -> None:
+    """The fields the gateway itself reads to decide how to answer: checked, not guessed."""
+    if body.get("stream") is not None and not isinstance(body["stream"], bool):
+        raise InvalidRequest("'stream' must be a boolean.", param="stream")
+    options = body.get("stream_options")
+    if options is None:
+        return
+    if not isinstance(options, dict):
+        raise InvalidRequest("'stream_options' must be an object.", param="stream_options")
+    usage = options.get("include_usage")
+    if usage is not None and not isinstance(usage, bool):
+        raise InvalidRequest(
+            "'stream_options.include_usage' must be a boolean.",
+            param="stream_options.include_usage",
+        )
+
+
 @router.post(
     "/v1/chat/completions",
     openapi_extra=_BODY_DOC,
@@ -48,6 +67,7 @@ async def chat_completions(request: Request) -> Response:
     gw = gateway(request)
     client = require_client(request)
     body, size = await read_json(request, gw.config.server.max_body_bytes)
+    _check_stream_fields(body)
     call, plan = gw.begin(
         body, client=client, route=ROUTE, raw_size=size, request_id=request_id(request)
     )
