@@ -6,15 +6,12 @@ Each fake speaks its provider's exact wire format (protocols.md §9); this modul
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-from tests.fakes._server import AiohttpServer
+from tests.fakes._scripted import Scripted
 
 
 @dataclass
@@ -37,67 +34,11 @@ class Reply:
     pings: bool = True  # Anthropic: ping events between blocks
 
 
-@dataclass
-class Recorded:
-    key: str | None
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    json: dict[str, Any]
-    at: float
-
-
-class FakeUpstream:
+class FakeUpstream(Scripted[Reply]):
     """Scripting and recording; subclasses add routes and speak the wire format."""
 
     def __init__(self) -> None:
-        self._scripts: dict[str | None, deque[Reply]] = {}
-        self.default = Reply()
-        self.requests: list[Recorded] = []
-        self._lock = threading.Lock()
-        self._server = AiohttpServer(self._app)
-
-    @property
-    def base(self) -> str:
-        return self._server.base
-
-    def start(self) -> Any:
-        self._server.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.stop()
-
-    def script(self, key: str | None, *replies: Reply) -> None:
-        with self._lock:
-            self._scripts[key] = deque(replies)
-
-    def calls(self, key: str | None = None) -> list[Recorded]:
-        with self._lock:
-            return [r for r in self.requests if key is None or r.key == key]
-
-    def _next(self, key: str | None) -> Reply:
-        with self._lock:
-            queue = self._scripts.get(key)
-            if not queue:
-                return self.default
-            return queue.popleft() if len(queue) > 1 else queue[0]
-
-    def _record(self, request: web.Request, key: str | None, body: Any) -> None:
-        with self._lock:
-            self.requests.append(
-                Recorded(
-                    key,
-                    request.path,
-                    dict(request.query),
-                    dict(request.headers),
-                    body if isinstance(body, dict) else {},
-                    time.time(),
-                )
-            )
-
-    def _app(self) -> web.Application:
-        raise NotImplementedError
+        super().__init__(Reply())
 
 
 async def read_json(request: web.Request) -> Any:

@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 import uuid
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-from tests.fakes._server import AiohttpServer
+from tests.fakes._scripted import Scripted
 
 
 @dataclass
@@ -45,50 +43,14 @@ class Reply:
     body_override: dict[str, Any] | None = None  # non-streaming: answer this JSON as is
 
 
-@dataclass
-class Recorded:
-    key: str | None
-    path: str
-    headers: dict[str, str]
-    json: dict[str, Any]
-    at: float
-
-
-class FakeOpenAI:
+class FakeOpenAI(Scripted[Reply]):
     def __init__(self, *, require_key: bool = True) -> None:
         self.require_key = require_key
-        self._scripts: dict[str | None, deque[Reply]] = {}
-        self.default = Reply()
-        self.requests: list[Recorded] = []
-        self._lock = threading.Lock()
-        self._server = AiohttpServer(self._app)
+        super().__init__(Reply())
 
-    # --- control ------------------------------------------------------------------------------
     @property
     def base_url(self) -> str:
-        return self._server.base + "/v1"
-
-    def start(self) -> FakeOpenAI:
-        self._server.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.stop()
-
-    def script(self, key: str | None, *replies: Reply) -> None:
-        with self._lock:
-            self._scripts[key] = deque(replies)
-
-    def calls(self, key: str | None = None) -> list[Recorded]:
-        with self._lock:
-            return [r for r in self.requests if key is None or r.key == key]
-
-    def _next(self, key: str | None) -> Reply:
-        with self._lock:
-            queue = self._scripts.get(key)
-            if not queue:
-                return self.default
-            return queue.popleft() if len(queue) > 1 else queue[0]
+        return self.base + "/v1"
 
     # --- the server ---------------------------------------------------------------------------
     def _app(self) -> web.Application:
@@ -111,10 +73,7 @@ class FakeOpenAI:
         auth = request.headers.get("Authorization", "")
         key = auth[7:] if auth.startswith("Bearer ") else None
         body = await request.json()
-        with self._lock:
-            self.requests.append(
-                Recorded(key, request.path, dict(request.headers), body, time.time())
-            )
+        self._record(request, key, body)
         if self.require_key and not key:
             return _error(401, errors.invalid_key())
         reply = self._next(key)
