@@ -22,7 +22,7 @@ from relaygate.config.model import Config, ProviderConfig
 from relaygate.errors import InvalidRequest, RelaygateError, UpstreamError, UpstreamTimeout
 from relaygate.keys.pool import KeyPool
 from relaygate.providers import registry
-from relaygate.providers._sse import SSEBuffer, parse_event
+from relaygate.providers._sse import EventTooLarge, SSEBuffer, parse_event
 from relaygate.providers.base import Provider
 from relaygate.routing.attempts import AttemptLoop, Completed, StreamStarted
 from relaygate.routing.router import Router
@@ -261,7 +261,7 @@ class Gateway:
         except TimeoutError:
             error_code = UpstreamTimeout.code
             yield UpstreamTimeout("The upstream stream went silent.").sse_event()
-        except (aiohttp.ClientError, OSError):
+        except (aiohttp.ClientError, OSError, EventTooLarge):
             error_code = UpstreamError.code
             yield UpstreamError("The upstream connection was lost mid-stream.").sse_event()
         except (asyncio.CancelledError, GeneratorExit):
