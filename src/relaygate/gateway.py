@@ -8,7 +8,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -222,7 +222,9 @@ class Gateway:
             )
         return result
 
-    async def relay(self, started: StreamStarted, call: Call | None = None) -> AsyncIterator[bytes]:
+    async def relay(
+        self, started: StreamStarted, call: Call | None = None
+    ) -> AsyncGenerator[bytes, None]:
         """The rest of a started stream, as client bytes. Ends with an error event (and no [DONE])
         when the upstream fails mid-way; the key and the call are settled with the real usage, or
         an estimate of what was produced when the stream was cut or the client went away."""

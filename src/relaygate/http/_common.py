@@ -54,13 +54,18 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 async def read_json(request: Request, limit: int) -> tuple[dict[str, Any], int]:
     raw = await read_body(request, limit)
+    return parse_json(raw), len(raw)
+
+
+def parse_json(raw: bytes) -> dict[str, Any]:
+    """A request body that must be one JSON object."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise InvalidRequest("The request body is not valid JSON.") from None
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
-    return body, len(raw)
+    return body
 
 
 def require_client(request: Request) -> ClientInfo:

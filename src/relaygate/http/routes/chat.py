@@ -8,9 +8,12 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from relaygate.accounting import Call
+from relaygate.auth.clients import ClientInfo
 from relaygate.errors import InvalidRequest, RelaygateError
+from relaygate.gateway import Gateway
 from relaygate.http._common import gateway, read_json, request_id, require_client
-from relaygate.routing.attempts import Completed
+from relaygate.routing.attempts import Completed, StreamStarted
 
 router = APIRouter(tags=["client"])
 ROUTE = "/v1/chat/completions"
@@ -67,16 +70,37 @@ async def chat_completions(request: Request) -> Response:
     gw = gateway(request)
     client = require_client(request)
     body, size = await read_json(request, gw.config.server.max_body_bytes)
-    _check_stream_fields(body)
-    call, plan = gw.begin(
-        body, client=client, route=ROUTE, raw_size=size, request_id=request_id(request)
+    result, call = await open_call(gw, client, body, size, request_id(request))
+    headers = answer_headers(result, call)
+    if isinstance(result, Completed):
+        return Response(result.body, media_type="application/json", headers=headers)
+    headers["cache-control"] = "no-cache"
+    headers["x-accel-buffering"] = "no"
+    return StreamingResponse(
+        gw.relay(result, call),
+        media_type="text/event-stream; charset=utf-8",
+        headers=headers,
     )
+
+
+async def open_call(
+    gw: Gateway, client: ClientInfo, body: dict[str, Any], size: int, rid: str
+) -> tuple[Completed | StreamStarted, Call]:
+    """Check, admit and open one request (this route and the raw-ASGI one in http/_fast.py): the
+    whole answer or the started stream. A failure carries the call's headers (rate limits)."""
+    _check_stream_fields(body)
+    call, plan = gw.begin(body, client=client, route=ROUTE, raw_size=size, request_id=rid)
     try:
         result = await gw.open_chat(body, call, plan)
     except RelaygateError as exc:
         exc.headers = {**call.headers, **exc.headers}
         raise
-    headers = {
+    return result, call
+
+
+def answer_headers(result: Completed | StreamStarted, call: Call) -> dict[str, str]:
+    """The headers of a 200 (a stream adds cache-control and x-accel-buffering)."""
+    return {
         **call.headers,
         "x-request-id": call.request_id,
         "x-relaygate-provider": result.target.provider,
@@ -87,12 +111,3 @@ async def chat_completions(request: Request) -> Response:
         "x-relaygate-attempts": str(result.attempts),
         "x-relaygate-cache": "bypass",
     }
-    if isinstance(result, Completed):
-        return Response(result.body, media_type="application/json", headers=headers)
-    headers["cache-control"] = "no-cache"
-    headers["x-accel-buffering"] = "no"
-    return StreamingResponse(
-        gw.relay(result, call),
-        media_type="text/event-stream; charset=utf-8",
-        headers=headers,
-    )

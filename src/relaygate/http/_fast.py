@@ -1,0 +1,181 @@
+"""POST /v1/chat/completions, the hot path, in raw ASGI: the body is read straight from
+`receive` within the size bound, answers go out as raw `send` calls with byte header lists, and a
+stream is relayed chunk by chunk while a watcher waits for the client to go away. No Starlette
+Request, Response or middleware is on this path; the answers are the ones the FastAPI route in
+routes/chat.py gives (same headers, bodies and statuses), which stays for the OpenAPI schema."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncGenerator
+
+from starlette.types import Message, Receive, Scope, Send
+
+from relaygate.accounting import Call
+from relaygate.auth.clients import extract_key
+from relaygate.errors import InvalidRequest, PayloadTooLarge, RelaygateError, Unauthorized
+from relaygate.gateway import Gateway
+from relaygate.http._common import parse_json
+from relaygate.http.routes import chat
+from relaygate.routing.attempts import Completed, StreamStarted
+
+log = logging.getLogger("relaygate.http")
+_INTERNAL = (
+    b'{"error":{"message":"Internal error.","type":"server_error",'
+    b'"code":"internal_error","param":null}}'
+)
+_JSON = (b"content-type", b"application/json")
+_SSE_TAIL = (
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+)
+_END: Message = {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+class _ClientGone(Exception):
+    """The client went away while its request body was being read."""
+
+
+class FastChat:
+    """Serves POST /v1/chat/completions for the app (see http/app.py:RelaygateApp). Unhandled
+    errors end as a 500 in the SPEC's shape, logged by type only, as ErrorBoundary does."""
+
+    __slots__ = ("gw", "limit")
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+        self.limit = gateway.config.server.max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+        try:
+            rid = f"req_{uuid.uuid4().hex}"
+            try:
+                result, call = await self._open(scope, receive, rid)
+            except RelaygateError as exc:
+                started = True
+                await _error(send, exc, rid)
+                return
+            except _ClientGone:
+                return
+            head = _encoded(chat.answer_headers(result, call))
+            if isinstance(result, Completed):
+                head.append((b"content-length", str(len(result.body)).encode("latin-1")))
+                head.append(_JSON)
+                started = True
+                await send({"type": "http.response.start", "status": 200, "headers": head})
+                await send({"type": "http.response.body", "body": result.body})
+                return
+            head.extend(_SSE_TAIL)
+            started = True
+            await send({"type": "http.response.start", "status": 200, "headers": head})
+            await _stream(self.gw.relay(result, call), receive, send)
+        except Exception as exc:  # noqa: BLE001 (the ASGI boundary: log, answer, no traceback)
+            log.error("unhandled %s on %s", type(exc).__name__, scope.get("path"))
+            if not started:
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": [(b"content-type", b"application/json")],
+                    }
+                )
+                await send({"type": "http.response.body", "body": _INTERNAL})
+
+    async def _open(
+        self, scope: Scope, receive: Receive, rid: str
+    ) -> tuple[Completed | StreamStarted, Call]:
+        """Authenticate, read and open the request as routes/chat.py does."""
+        gw = self.gw
+        raw_headers: dict[bytes, bytes] = dict(reversed(scope["headers"]))  # the first one wins
+        presented = {
+            name: raw_headers[raw].decode("latin-1")
+            for name, raw in (("authorization", b"authorization"), ("x-api-key", b"x-api-key"))
+            if raw in raw_headers
+        }
+        client = gw.clients.authenticate(extract_key(presented))
+        if client is None:
+            gw.accounting.refused("auth")
+            raise Unauthorized()
+        raw = await _read_body(receive, raw_headers.get(b"content-length"), self.limit)
+        return await chat.open_call(gw, client, parse_json(raw), len(raw), rid)
+
+
+async def _read_body(receive: Receive, declared: bytes | None, limit: int) -> bytes:
+    if declared is not None:
+        try:
+            if int(declared.decode("latin-1")) > limit:
+                raise PayloadTooLarge(limit)
+        except ValueError:
+            raise InvalidRequest("Content-Length is not a number.") from None
+    message = await receive()
+    if message["type"] != "http.request":
+        raise _ClientGone
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        if len(body) > limit:
+            raise PayloadTooLarge(limit)
+        return body
+    parts = [body]
+    size = len(body)
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise _ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(limit)
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+def _encoded(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+
+async def _error(send: Send, exc: RelaygateError, rid: str) -> None:
+    body = exc.body()
+    head = _encoded(exc.headers)
+    head.append((b"x-request-id", rid.encode("latin-1")))
+    head.append((b"content-length", str(len(body)).encode("latin-1")))
+    head.append(_JSON)
+    await send({"type": "http.response.start", "status": exc.status, "headers": head})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _stream(chunks: AsyncGenerator[bytes, None], receive: Receive, send: Send) -> None:
+    """Relay the stream's chunks. A watcher waits for `http.disconnect`; when the client goes
+    away first, this task is cancelled, which cancels the upstream read and lets the relay mark
+    the call client_disconnected; the cancellation ends here."""
+    task = asyncio.current_task()
+    assert task is not None
+    state = {"done": False, "gone": False}
+
+    async def watch() -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+        if not state["done"]:
+            state["gone"] = True
+            task.cancel()
+
+    watcher = asyncio.get_running_loop().create_task(watch())
+    try:
+        async for chunk in chunks:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        state["done"] = True
+        await send(_END)
+    except asyncio.CancelledError:
+        if not state["gone"]:
+            raise
+        task.uncancel()
+    finally:
+        state["done"] = True
+        watcher.cancel()
+        await chunks.aclose()
