@@ -68,12 +68,22 @@ class Gateway:
         self.clients = ClientRegistry(self.config, self.store)
         self.accounting = Accounting(self.config, self.store, self.providers, self.pools.values)
         attempts_metric = self.accounting.metrics.attempts
+        attempt_counters: dict[tuple[str, str], Any] = {}  # providers x outcomes: bounded
+
+        def on_attempt(provider: str, outcome: str) -> None:
+            counter = attempt_counters.get((provider, outcome))
+            if counter is None:  # labels() costs a lock and a lookup: once per combination
+                counter = attempt_counters[provider, outcome] = attempts_metric.labels(
+                    provider, outcome
+                )
+            counter.inc()
+
         self.attempts = AttemptLoop(
             providers=self.providers,
             pools=self.pools,
             session=self.session,
             retry=self.config.retries,
-            on_attempt=lambda provider, outcome: attempts_metric.labels(provider, outcome).inc(),
+            on_attempt=on_attempt,
             redact=self.redact,
         )
         self._session: aiohttp.ClientSession | None = None

@@ -86,3 +86,13 @@ async def test_past_the_bound_the_oldest_rows_are_dropped_and_counted(tmp_path):
     await ledger.close()
     ids = [r["id"] for r in store.query("SELECT id FROM ledger ORDER BY id")]
     assert sorted(ids) == sorted(f"req_{i}" for i in range(15, 25))
+
+
+def test_a_row_for_the_store_has_every_field_and_its_utc_day():
+    from dataclasses import asdict
+
+    r = row(1)
+    r.ts = 1_700_000_000.5  # 2023-11-14 22:13:20 UTC
+    r.stream, r.estimated = True, False
+    expected = {**asdict(r), "day": "2023-11-14", "stream": 1, "estimated": 0}
+    assert r.as_dict() == expected

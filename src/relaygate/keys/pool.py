@@ -149,6 +149,7 @@ class KeyPool:
             self.keys = [KeyState(key_id(provider, None), provider, None)]
         self.paused_until = 0.0
         self._cursor = 0
+        self._windowed = self.limits.rpm is not None or self.limits.tpm is not None
         self.dirty: set[KeyState] = set()
 
     # --- selection ------------------------------------------------------------------------------
@@ -156,18 +157,23 @@ class KeyPool:
         now = self.clock()
         if now < self.paused_until:
             return None
-        n = len(self.keys)
-        order = [self.keys[(self._cursor + i) % n] for i in range(n)]
-        usable = [k for k in order if self._usable(k, now, est_tokens)]
-        if not usable:
+        keys, n = self.keys, len(self.keys)
+        least_used = self.strategy == "least_used"
+        chosen: KeyState | None = None
+        at = 0
+        for i in range(self._cursor, self._cursor + n):  # every key is refreshed, in turn order
+            key = keys[i % n]
+            if self._usable(key, now, est_tokens) and (
+                chosen is None or (least_used and key.requests_today < chosen.requests_today)
+            ):  # least_used: the first of the least used keeps round-robin ties
+                chosen, at = key, i % n
+        if chosen is None:
             return None
-        chosen = usable[0]
-        if self.strategy == "least_used":
-            chosen = min(usable, key=lambda k: k.requests_today)  # min keeps round-robin ties
-        self._cursor = (self.keys.index(chosen) + 1) % n
+        self._cursor = (at + 1) % n
         chosen.requests_today += 1
         chosen.requests_total += 1
-        chosen.window.append((now, est_tokens))
+        if self._windowed:  # the 60 s window is kept only for per-key rpm / tpm limits
+            chosen.window.append((now, est_tokens))
         self.dirty.add(chosen)
         return Lease(self, chosen)
 

@@ -86,7 +86,9 @@ class RateLimiter:
         if rpm is None and tpm is None:
             return Admitted({})
         now = self.clock()
-        window = self._windows.setdefault(client_id, _Window())
+        window = self._windows.get(client_id)
+        if window is None:
+            window = self._windows[client_id] = _Window()
         window.trim(now)
         headers: dict[str, str] = {}
         if rpm is not None:

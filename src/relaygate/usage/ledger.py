@@ -10,7 +10,8 @@ import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Protocol
 
 log = logging.getLogger("relaygate.ledger")
@@ -39,11 +40,35 @@ class LedgerRow:
     estimated: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["day"] = time.strftime("%Y-%m-%d", time.gmtime(self.ts))
-        data["stream"] = int(self.stream)
-        data["estimated"] = int(self.estimated)
-        return data
+        """The row for the store (every field is flat: no dataclasses.asdict, ~10x cheaper)."""
+        return {
+            "id": self.id,
+            "ts": self.ts,
+            "day": _day(int(self.ts // 86400)),
+            "client": self.client,
+            "route": self.route,
+            "provider": self.provider,
+            "model": self.model,
+            "key_id": self.key_id,
+            "status": self.status,
+            "error_code": self.error_code,
+            "latency_ms": self.latency_ms,
+            "ttft_ms": self.ttft_ms,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cached_tokens": self.cached_tokens,
+            "cost_usd": self.cost_usd,
+            "cache": self.cache,
+            "stream": int(self.stream),
+            "attempts": self.attempts,
+            "estimated": int(self.estimated),
+        }
+
+
+@lru_cache(maxsize=8)
+def _day(day_number: int) -> str:
+    """The UTC date of a day number (days since the epoch), computed once per day."""
+    return time.strftime("%Y-%m-%d", time.gmtime(day_number * 86400))
 
 
 class LedgerSink(Protocol):
