@@ -25,6 +25,7 @@ from relaygate.providers import registry
 from relaygate.providers._sse import EventTooLarge, SSEBuffer, parse_event
 from relaygate.providers.base import Provider
 from relaygate.routing.attempts import AttemptLoop, Completed, StreamStarted
+from relaygate.routing.deadlines import Watchdog
 from relaygate.routing.router import Router
 from relaygate.storage.sqlite import SQLiteStore, open_store
 from relaygate.types import Target, Usage
@@ -78,6 +79,7 @@ class Gateway:
                 )
             counter.inc()
 
+        self.watchdog = Watchdog()  # every attempt's and stream's deadline, on one timer
         self.attempts = AttemptLoop(
             providers=self.providers,
             pools=self.pools,
@@ -85,6 +87,7 @@ class Gateway:
             retry=self.config.retries,
             on_attempt=on_attempt,
             redact=self.redact,
+            watchdog=self.watchdog,
         )
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -242,14 +245,11 @@ class Gateway:
         try:
             yield started.first
             idle = started.provider.config.stream_idle_timeout_s
-            guarded = getattr(started.response, "idle_guarded", False)
+            guard = self.watchdog.guard
             while relay.error is None and not relay.finished:
                 try:
-                    if guarded:  # the transport's own read timeout watches for silence
+                    with guard(idle):  # the longest upstream silence, one shared timer
                         data = await anext(started.chunks)
-                    else:
-                        async with asyncio.timeout(idle):
-                            data = await anext(started.chunks)
                 except StopAsyncIteration:
                     tail = relay.end()
                     if tail:

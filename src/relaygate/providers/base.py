@@ -66,21 +66,29 @@ class StreamRelay(ABC):
 
 
 class _AiohttpResponse:
-    """Reads of a stream are guarded by aiohttp's own socket read timeout (one timer per
-    connection, reset as data arrives), so the relay needs no timeout of its own per chunk."""
-
-    __slots__ = ("_resp", "headers", "idle_guarded", "status")
+    __slots__ = ("_resp", "headers", "status")
 
     def __init__(self, resp: aiohttp.ClientResponse) -> None:
         self._resp = resp
         self.status = resp.status
         self.headers: Mapping[str, str] = resp.headers
-        self.idle_guarded = False
 
     async def read(self, limit: int) -> bytes:
+        resp = self._resp
+        headers = resp.headers
+        length = headers.get("Content-Length")
+        if (
+            length is not None
+            and length.isdigit()
+            and "Content-Encoding" not in headers  # the decoded size is not known beforehand
+            and "Transfer-Encoding" not in headers
+        ):
+            if int(length) > limit:
+                raise UpstreamBodyTooLarge
+            return await resp.content.read()  # exactly Content-Length bytes, in one go
         parts: list[bytes] = []
         size = 0
-        async for chunk in self._resp.content.iter_any():
+        async for chunk in resp.content.iter_any():
             size += len(chunk)
             if size > limit:
                 raise UpstreamBodyTooLarge
@@ -96,15 +104,6 @@ class _AiohttpResponse:
             self._resp.release()
         else:
             self._resp.close()
-
-
-_DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10)
-
-
-def _timeout(read_s: float | None) -> aiohttp.ClientTimeout:
-    if read_s is None:
-        return _DEFAULT_TIMEOUT
-    return aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=read_s)
 
 
 class Provider(ABC):
@@ -140,21 +139,37 @@ class Provider(ABC):
         return self.build_request(body, model=model, key=key, stream=False)
 
     async def send(
-        self, session: aiohttp.ClientSession, request: UpstreamRequest, *, timeout_s: float
+        self, session: aiohttp.ClientSession, request: UpstreamRequest, *, timeout_s: float | None
     ) -> UpstreamResponse:
-        """Send and wait for the status line and headers (the first byte), within timeout_s."""
+        """Send and wait for the status line and headers (the first byte), within timeout_s;
+        None: the caller watches the time (the attempt loop's one deadline per attempt)."""
+        if timeout_s is None:
+            return _AiohttpResponse(await self._request(session, request))
         async with asyncio.timeout(timeout_s):
-            resp = await session.request(
+            return _AiohttpResponse(await self._request(session, request))
+
+    @staticmethod
+    async def _request(
+        session: aiohttp.ClientSession, request: UpstreamRequest
+    ) -> aiohttp.ClientResponse:
+        if request.read_timeout_s is None:  # the session's own timeout (connect: 10 s)
+            return await session.request(
                 request.method,
                 request.url,
                 data=request.body,
                 headers=request.headers,
                 allow_redirects=False,
-                timeout=_timeout(request.read_timeout_s),
             )
-        wrapped = _AiohttpResponse(resp)
-        wrapped.idle_guarded = request.read_timeout_s is not None
-        return wrapped
+        return await session.request(
+            request.method,
+            request.url,
+            data=request.body,
+            headers=request.headers,
+            allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=10, sock_read=request.read_timeout_s
+            ),
+        )
 
     @abstractmethod
     def parse_response(self, body: bytes, *, model: str) -> tuple[bytes, Usage | None]:

@@ -113,7 +113,7 @@ class Provider(OpenAICompatProvider):
         return UpstreamRequest("POST", "echo:", {}, json=payload)
 
     async def send(
-        self, session: aiohttp.ClientSession, request: UpstreamRequest, *, timeout_s: float
+        self, session: aiohttp.ClientSession, request: UpstreamRequest, *, timeout_s: float | None
     ) -> UpstreamResponse:
         assert request.json is not None
         return _EchoResponse(request.json, str(request.json["model"]))

@@ -31,6 +31,7 @@ from relaygate.providers.base import (
     StreamRelay,
     UpstreamBodyTooLarge,
 )
+from relaygate.routing.deadlines import Watchdog
 from relaygate.types import Failure, Target, UpstreamResponse, Usage
 
 log = logging.getLogger("relaygate.attempts")
@@ -71,7 +72,9 @@ class AttemptLoop:
         retry: RetryConfig,
         on_attempt: Callable[[str, str], None] | None = None,
         redact: Callable[[str], str] = str,
+        watchdog: Watchdog | None = None,
     ) -> None:
+        self.watchdog = watchdog or Watchdog()
         self.providers = providers
         self.pools = pools
         self.session = session
@@ -182,22 +185,17 @@ class AttemptLoop:
             return _Untranslatable(exc)
         response: UpstreamResponse | None = None
         try:
-            if stream:
-                request.read_timeout_s = provider.config.stream_idle_timeout_s
-            response = await provider.send(self.session(), request, timeout_s=timeout_s)
-            if response.status >= 400:
-                async with asyncio.timeout(timeout_s):
+            with self.watchdog.guard(timeout_s):  # the attempt, up to its first output
+                response = await provider.send(self.session(), request, timeout_s=None)
+                if response.status >= 400:
                     raw = await response.read(1024 * 1024)
-                return provider.classify_error(response.status, response.headers, raw)
-            if not stream:
-                async with asyncio.timeout(timeout_s):
+                    return provider.classify_error(response.status, response.headers, raw)
+                if not stream:
                     raw = await response.read(MAX_UPSTREAM_BODY)
-                out, usage = provider.parse_response(raw, model=target.model)
-                lease.succeeded(usage)
-                return Completed(out, usage, target, lease.key_id, 0)
-            started = await self._first_output(
-                provider, lease, target, response, include_usage, timeout_s
-            )
+                    out, usage = provider.parse_response(raw, model=target.model)
+                    lease.succeeded(usage)
+                    return Completed(out, usage, target, lease.key_id, 0)
+                started = await self._first_output(provider, lease, target, response, include_usage)
             if isinstance(started, Failure):
                 return started
             response = None  # the caller owns it now
@@ -219,23 +217,21 @@ class AttemptLoop:
         target: Target,
         response: UpstreamResponse,
         include_usage: bool,
-        timeout_s: float,
     ) -> StreamStarted | Failure:
         relay = provider.stream_relay(model=target.model, include_usage=include_usage)
         chunks = response.iter_chunks().__aiter__()
         first = b""
-        async with asyncio.timeout(timeout_s):
-            while not first:
-                try:
-                    data = await anext(chunks)
-                except StopAsyncIteration:
-                    first = relay.end()
-                    if not first:
-                        return relay.error or Failure("server", 502, "the stream ended empty")
-                    break
-                first = relay.feed(data)
-                if relay.error is not None:
-                    return relay.error
+        while not first:
+            try:
+                data = await anext(chunks)
+            except StopAsyncIteration:
+                first = relay.end()
+                if not first:
+                    return relay.error or Failure("server", 502, "the stream ended empty")
+                break
+            first = relay.feed(data)
+            if relay.error is not None:
+                return relay.error
         return StreamStarted(first, response, chunks, relay, lease, provider, target, 0)
 
 
