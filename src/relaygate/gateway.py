@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
@@ -15,7 +14,7 @@ import aiohttp
 import orjson
 
 from relaygate._logging import Redactor
-from relaygate.accounting import Accounting, Call
+from relaygate.accounting import Accounting, Call, new_request_id
 from relaygate.auth.clients import ClientInfo, ClientRegistry
 from relaygate.config.load import load_config
 from relaygate.config.model import Config, ProviderConfig
@@ -193,9 +192,7 @@ class Gateway:
             raise
         size = raw_size if raw_size is not None else len(orjson.dumps(messages))
         prompt = int(size / self.config.limits.prompt_bytes_per_token) + 1
-        call = Call(
-            request_id or f"req_{uuid.uuid4().hex}", route, client, bool(body.get("stream")), prompt
-        )
+        call = Call(request_id or new_request_id(), route, client, bool(body.get("stream")), prompt)
         self.accounting.admit(call, body, plan)
         return call, plan
 

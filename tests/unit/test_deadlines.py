@@ -6,10 +6,12 @@ deadline is pending. Request ids sort by time."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import pytest
 
+from relaygate.accounting import new_request_id
 from relaygate.routing.deadlines import Watchdog
 
 
@@ -96,3 +98,12 @@ def test_an_expired_inner_guard_leaves_the_outer_one_armed():
             return "ok"
 
     assert asyncio.run(main()) == "ok"
+
+
+def test_request_ids_keep_their_shape_and_sort_by_time():
+    first = new_request_id()
+    time.sleep(0.002)
+    second = new_request_id()
+    assert re.fullmatch(r"req_[0-9a-f]{32}", first) and re.fullmatch(r"req_[0-9a-f]{32}", second)
+    assert first < second
+    assert len({new_request_id() for _ in range(10_000)}) == 10_000

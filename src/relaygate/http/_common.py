@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hmac
-import uuid
 from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from relaygate.accounting import new_request_id
 from relaygate.auth.clients import ClientInfo, extract_key
 from relaygate.errors import AdminForbidden, InvalidRequest, PayloadTooLarge, Unauthorized
 from relaygate.gateway import Gateway
@@ -23,7 +23,7 @@ def gateway(request: Request) -> Gateway:
 def request_id(request: Request) -> str:
     rid = getattr(request.state, "request_id", None)
     if rid is None:
-        rid = f"req_{uuid.uuid4().hex}"
+        rid = new_request_id()
         request.state.request_id = rid
     return str(rid)
 

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import AsyncGenerator
 
 from starlette.types import Message, Receive, Scope, Send
 
-from relaygate.accounting import Call
+from relaygate.accounting import Call, new_request_id
 from relaygate.auth.clients import extract_key
 from relaygate.errors import InvalidRequest, PayloadTooLarge, RelaygateError, Unauthorized
 from relaygate.gateway import Gateway
@@ -52,7 +51,7 @@ class FastChat:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
         try:
-            rid = f"req_{uuid.uuid4().hex}"
+            rid = new_request_id()
             try:
                 result, call = await self._open(scope, receive, rid)
             except RelaygateError as exc:
