@@ -96,3 +96,61 @@ def test_a_row_for_the_store_has_every_field_and_its_utc_day():
     r.stream, r.estimated = True, False
     expected = {**asdict(r), "day": "2023-11-14", "stream": 1, "estimated": 0}
     assert r.as_dict() == expected
+
+
+def test_daily_aggregates_of_a_mixed_batch_match_row_by_row_sums(tmp_path):
+    """Errors are statuses >= 400 or an error code other than client_disconnected; a missing
+    client, provider, model or key counts under ''; rows of several days, keys and batches."""
+    store = SQLiteStore(tmp_path / "mixed.db")
+    rows = []
+    for i in range(2000):
+        r = row(i, client=("app", "other", None)[i % 3], cost=0.001 * (i % 7), status=200)
+        r.ts = 1_700_000_000.0 + (i % 2) * 86400  # two UTC days
+        r.key_id = (None, "up:aaaa", "up:bbbb")[i % 4 % 3]
+        r.provider = None if i % 11 == 0 else "up"
+        r.status = 502 if i % 13 == 0 else 200
+        r.error_code = ("client_disconnected", "upstream_error", None)[i % 5 % 3]
+        r.prompt_tokens, r.completion_tokens, r.cached_tokens = i % 17, i % 23, i % 5
+        r.latency_ms = i % 29
+        rows.append(r)
+    dicts = [r.as_dict() for r in rows]
+    store.write_ledger(dicts[:700])
+    store.write_ledger(dicts[700:])
+    expected: dict[tuple[Any, ...], list[Any]] = {}
+    for d in dicts:
+        key = (
+            d["day"],
+            d["client"] or "",
+            d["provider"] or "",
+            d["model"] or "",
+            d["key_id"] or "",
+        )
+        error = d["status"] >= 400 or (d["error_code"] or "client_disconnected") != (
+            "client_disconnected"
+        )
+        acc = expected.setdefault(key, [0, 0, 0, 0, 0, 0.0, 0])
+        for n, value in enumerate(
+            (1, int(error), d["prompt_tokens"], d["completion_tokens"], d["cached_tokens"])
+        ):
+            acc[n] += value
+        acc[5] += d["cost_usd"]
+        acc[6] += d["latency_ms"]
+    got = {
+        (r["day"], r["client"], r["provider"], r["model"], r["key_id"]): r
+        for r in store.query("SELECT * FROM usage_daily")
+    }
+    assert set(got) == set(expected)
+    for key, acc in expected.items():
+        r = got[key]
+        assert [
+            r["requests"],
+            r["errors"],
+            r["prompt_tokens"],
+            r["completion_tokens"],
+            r["cached_tokens"],
+        ] == acc[:5]
+        assert r["cost_usd"] == pytest.approx(acc[5])
+        assert r["latency_ms_sum"] == acc[6]
+    assert store.query("SELECT COUNT(*) AS n FROM ledger")[0]["n"] == 2000
+    store.write_ledger(dicts[:10])  # ids already written: the ledger keeps one row each
+    assert store.query("SELECT COUNT(*) AS n FROM ledger")[0]["n"] == 2000

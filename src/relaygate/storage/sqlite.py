@@ -4,7 +4,9 @@ Calls run in a worker thread so the event loop never waits on the disk."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import operator
 import sqlite3
 import threading
 import time
@@ -205,31 +207,64 @@ _LEDGER_COLUMNS = (
     "attempts",
     "estimated",
 )
-_DAILY_UPSERT = """
+_DAILY_ADD = """
 INSERT INTO usage_daily (day, client, provider, model, key_id, requests, errors, prompt_tokens,
                          completion_tokens, cached_tokens, cost_usd, latency_ms_sum)
-VALUES (:day, COALESCE(:client, ''), COALESCE(:provider, ''), COALESCE(:model, ''),
-        COALESCE(:key_id, ''), 1,
-        CASE WHEN :status >= 400 OR COALESCE(:error_code, 'client_disconnected')
-             != 'client_disconnected' THEN 1 ELSE 0 END,
-        :prompt_tokens, :completion_tokens, :cached_tokens, :cost_usd, :latency_ms)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (day, client, provider, model, key_id) DO UPDATE SET
-    requests = requests + 1, errors = errors + excluded.errors,
+    requests = requests + excluded.requests, errors = errors + excluded.errors,
     prompt_tokens = prompt_tokens + excluded.prompt_tokens,
     completion_tokens = completion_tokens + excluded.completion_tokens,
     cached_tokens = cached_tokens + excluded.cached_tokens,
     cost_usd = cost_usd + excluded.cost_usd,
     latency_ms_sum = latency_ms_sum + excluded.latency_ms_sum
 """
+_LEDGER_VALUES = operator.itemgetter(*_LEDGER_COLUMNS)
+_DAILY_KEY = operator.itemgetter("client", "provider", "model", "key_id")
+_ROWS_PER_INSERT = 400  # 8,000 bound values, under SQLite's limit (32,766 since 3.32)
 
 
 def _write_ledger(db: sqlite3.Connection, rows: list[dict[str, Any]]) -> None:
+    """One transaction: the rows in multi-row INSERTs (one statement per 400 rows instead of one
+    per row: the GIL is released and retaken per statement, not per row), and the daily
+    aggregates added once per (day, client, provider, model, key) instead of once per row. A
+    row counts as an error when its status is >= 400 or it has an error code other than
+    client_disconnected (a stream the client left)."""
+    daily: dict[tuple[Any, ...], list[Any]] = {}
+    for r in rows:
+        client, provider, model, key_id = _DAILY_KEY(r)
+        key = (r["day"], client or "", provider or "", model or "", key_id or "")
+        code = r["error_code"]
+        error = int(r["status"] >= 400 or (code is not None and code != "client_disconnected"))
+        acc = daily.get(key)
+        if acc is None:
+            daily[key] = [
+                1,
+                error,
+                r["prompt_tokens"],
+                r["completion_tokens"],
+                r["cached_tokens"],
+                r["cost_usd"],
+                r["latency_ms"],
+            ]
+        else:
+            acc[0] += 1
+            acc[1] += error
+            acc[2] += r["prompt_tokens"]
+            acc[3] += r["completion_tokens"]
+            acc[4] += r["cached_tokens"]
+            acc[5] += r["cost_usd"]
+            acc[6] += r["latency_ms"]
     cols = ", ".join(_LEDGER_COLUMNS)
-    marks = ", ".join(f":{c}" for c in _LEDGER_COLUMNS)
+    one = "(" + ", ".join("?" * len(_LEDGER_COLUMNS)) + ")"
     db.execute("BEGIN")
     try:
-        db.executemany(f"INSERT OR IGNORE INTO ledger ({cols}) VALUES ({marks})", rows)
-        db.executemany(_DAILY_UPSERT, rows)
+        for i in range(0, len(rows), _ROWS_PER_INSERT):
+            chunk = rows[i : i + _ROWS_PER_INSERT]
+            values = list(itertools.chain.from_iterable(map(_LEDGER_VALUES, chunk)))
+            sql = f"INSERT OR IGNORE INTO ledger ({cols}) VALUES " + ", ".join([one] * len(chunk))
+            db.execute(sql, values)
+        db.executemany(_DAILY_ADD, [(*key, *acc) for key, acc in daily.items()])
         db.execute("COMMIT")
     except sqlite3.Error:
         db.execute("ROLLBACK")
