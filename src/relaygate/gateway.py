@@ -21,6 +21,7 @@ from relaygate.config.model import Config, ProviderConfig
 from relaygate.errors import InvalidRequest, RelaygateError, UpstreamError, UpstreamTimeout
 from relaygate.keys.pool import KeyPool
 from relaygate.providers import registry
+from relaygate.providers._http import UpstreamClient
 from relaygate.providers._sse import EventTooLarge, SSEBuffer, parse_event
 from relaygate.providers.base import Provider
 from relaygate.routing.attempts import AttemptLoop, Completed, StreamStarted
@@ -82,13 +83,15 @@ class Gateway:
         self.attempts = AttemptLoop(
             providers=self.providers,
             pools=self.pools,
-            session=self.session,
+            session=self.upstream,
             retry=self.config.retries,
             on_attempt=on_attempt,
             redact=self.redact,
             watchdog=self.watchdog,
         )
         self._session: aiohttp.ClientSession | None = None
+        self._upstream: UpstreamClient | None = None
+        self._upstream_loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
         if self.store is not None:
@@ -102,7 +105,15 @@ class Gateway:
         return cls(load_config(config_path), **kwargs)
 
     # --- lifecycle ------------------------------------------------------------------------------
+    def upstream(self) -> UpstreamClient:
+        """The keep-alive client every provider call goes through (providers/_http.py)."""
+        loop = asyncio.get_running_loop()
+        if self._upstream is None or self._upstream.closed or self._upstream_loop is not loop:
+            self._upstream, self._upstream_loop = UpstreamClient(), loop
+        return self._upstream
+
     def session(self) -> aiohttp.ClientSession:
+        """An aiohttp session for everything else (report deliveries)."""
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(
                 limit=0, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=30
@@ -154,6 +165,9 @@ class Gateway:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._upstream is not None:
+            await self._upstream.close()
+            self._upstream = None
         if self.store is not None:
             self.store.close()
             self.store = None

@@ -76,7 +76,9 @@ class UpstreamResponse(Protocol):
     """What a provider's transport hands back once the status line and headers arrived."""
 
     status: int
-    headers: Mapping[str, str]
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
 
     async def read(self, limit: int) -> bytes: ...
 

@@ -45,7 +45,7 @@ async def _check_one(gw: Gateway, provider: Provider, pool: KeyPool, key: KeySta
     started = time.monotonic()
     try:
         response = await provider.send(
-            gw.session(), request, timeout_s=min(CHECK_TIMEOUT_S, provider.config.timeout_s)
+            gw.upstream(), request, timeout_s=min(CHECK_TIMEOUT_S, provider.config.timeout_s)
         )
         try:
             async with asyncio.timeout(CHECK_TIMEOUT_S):

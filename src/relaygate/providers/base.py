@@ -8,13 +8,12 @@ import email.utils
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import aiohttp
-
 from relaygate.errors import ConfigError
+from relaygate.providers._http import UpstreamClient
 from relaygate.types import Failure, UpstreamRequest, UpstreamResponse, Usage
 
 if TYPE_CHECKING:
@@ -42,10 +41,6 @@ class InBandFailure(Exception):
         self.failure = failure
 
 
-class UpstreamBodyTooLarge(Exception):
-    pass
-
-
 class StreamRelay(ABC):
     """Turns one upstream byte stream into OpenAI SSE bytes for the client, noting usage on the way.
 
@@ -63,47 +58,6 @@ class StreamRelay(ABC):
 
     @abstractmethod
     def end(self) -> bytes: ...
-
-
-class _AiohttpResponse:
-    __slots__ = ("_resp", "headers", "status")
-
-    def __init__(self, resp: aiohttp.ClientResponse) -> None:
-        self._resp = resp
-        self.status = resp.status
-        self.headers: Mapping[str, str] = resp.headers
-
-    async def read(self, limit: int) -> bytes:
-        resp = self._resp
-        headers = resp.headers
-        length = headers.get("Content-Length")
-        if (
-            length is not None
-            and length.isdigit()
-            and "Content-Encoding" not in headers  # the decoded size is not known beforehand
-            and "Transfer-Encoding" not in headers
-        ):
-            if int(length) > limit:
-                raise UpstreamBodyTooLarge
-            return await resp.content.read()  # exactly Content-Length bytes, in one go
-        parts: list[bytes] = []
-        size = 0
-        async for chunk in resp.content.iter_any():
-            size += len(chunk)
-            if size > limit:
-                raise UpstreamBodyTooLarge
-            parts.append(chunk)
-        return b"".join(parts)
-
-    async def iter_chunks(self) -> AsyncIterator[bytes]:
-        async for chunk in self._resp.content.iter_any():
-            yield chunk
-
-    def close(self) -> None:
-        if self._resp.content.at_eof():
-            self._resp.release()
-        else:
-            self._resp.close()
 
 
 class Provider(ABC):
@@ -139,37 +93,15 @@ class Provider(ABC):
         return self.build_request(body, model=model, key=key, stream=False)
 
     async def send(
-        self, session: aiohttp.ClientSession, request: UpstreamRequest, *, timeout_s: float | None
+        self, session: UpstreamClient, request: UpstreamRequest, *, timeout_s: float | None
     ) -> UpstreamResponse:
         """Send and wait for the status line and headers (the first byte), within timeout_s;
-        None: the caller watches the time (the attempt loop's one deadline per attempt)."""
+        None: the caller watches the time (the attempt loop's one deadline per attempt).
+        `request.read_timeout_s` is not used here: stream silences are watched by the relay."""
         if timeout_s is None:
-            return _AiohttpResponse(await self._request(session, request))
+            return await session.request(request.method, request.url, request.headers, request.body)
         async with asyncio.timeout(timeout_s):
-            return _AiohttpResponse(await self._request(session, request))
-
-    @staticmethod
-    async def _request(
-        session: aiohttp.ClientSession, request: UpstreamRequest
-    ) -> aiohttp.ClientResponse:
-        if request.read_timeout_s is None:  # the session's own timeout (connect: 10 s)
-            return await session.request(
-                request.method,
-                request.url,
-                data=request.body,
-                headers=request.headers,
-                allow_redirects=False,
-            )
-        return await session.request(
-            request.method,
-            request.url,
-            data=request.body,
-            headers=request.headers,
-            allow_redirects=False,
-            timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=10, sock_read=request.read_timeout_s
-            ),
-        )
+            return await session.request(request.method, request.url, request.headers, request.body)
 
     @abstractmethod
     def parse_response(self, body: bytes, *, model: str) -> tuple[bytes, Usage | None]:

@@ -8,9 +8,9 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-import aiohttp
 import orjson
 
+from relaygate.providers._http import UpstreamClient
 from relaygate.providers._openai_compat import OpenAICompatProvider
 from relaygate.providers._sse import data_event
 from relaygate.providers.base import ProviderMeta
@@ -113,7 +113,7 @@ class Provider(OpenAICompatProvider):
         return UpstreamRequest("POST", "echo:", {}, json=payload)
 
     async def send(
-        self, session: aiohttp.ClientSession, request: UpstreamRequest, *, timeout_s: float | None
+        self, session: UpstreamClient, request: UpstreamRequest, *, timeout_s: float | None
     ) -> UpstreamResponse:
         assert request.json is not None
         return _EchoResponse(request.json, str(request.json["model"]))

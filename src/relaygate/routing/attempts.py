@@ -11,8 +11,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-
 from relaygate.config.model import RetryConfig
 from relaygate.errors import (
     InvalidRequest,
@@ -23,13 +21,13 @@ from relaygate.errors import (
     UpstreamTimeout,
 )
 from relaygate.keys.pool import KeyPool, Lease
+from relaygate.providers._http import UpstreamBodyTooLarge, UpstreamClient
 from relaygate.providers._sse import EventTooLarge
 from relaygate.providers.base import (
     MAX_UPSTREAM_BODY,
     InBandFailure,
     Provider,
     StreamRelay,
-    UpstreamBodyTooLarge,
 )
 from relaygate.routing.deadlines import Watchdog
 from relaygate.types import Failure, Target, UpstreamResponse, Usage
@@ -68,7 +66,7 @@ class AttemptLoop:
         *,
         providers: Mapping[str, Provider],
         pools: Mapping[str, KeyPool],
-        session: Callable[[], aiohttp.ClientSession],
+        session: Callable[[], UpstreamClient],
         retry: RetryConfig,
         on_attempt: Callable[[str, str], None] | None = None,
         redact: Callable[[str], str] = str,
@@ -204,7 +202,7 @@ class AttemptLoop:
             return exc.failure
         except TimeoutError:
             return Failure("timeout", 504, "no answer before the timeout")
-        except (aiohttp.ClientError, OSError, UpstreamBodyTooLarge, EventTooLarge) as exc:
+        except (OSError, UpstreamBodyTooLarge, EventTooLarge) as exc:
             return Failure("server", 502, f"connection failed: {type(exc).__name__}")
         finally:
             if response is not None:

@@ -1,0 +1,154 @@
+"""An upstream answer as the client of providers/_http.py hands it over: status and headers
+once they arrived, then the body as it comes (read whole, or chunk by chunk for streams)."""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+if TYPE_CHECKING:
+    from relaygate.providers._http import _Connection
+
+HIGH_WATER = 1024 * 1024  # buffered body bytes before reading from the socket pauses
+UNDECODABLE = "the upstream sent a body that does not decode"
+
+
+class UpstreamBodyTooLarge(Exception):
+    """An answer's body grew past the limit its reader set."""
+
+
+class UpstreamDisconnected(ConnectionResetError):
+    """The connection closed before the answer was complete."""
+
+
+class UpstreamProtocolError(ConnectionError):
+    """The upstream sent something that is not HTTP/1.1."""
+
+
+class Response:
+    """One answer: status and headers once they arrived, then the body as it comes."""
+
+    __slots__ = (
+        "_chunks",
+        "_conn",
+        "_decoder",
+        "_error",
+        "_headers",
+        "_raw_headers",
+        "_size",
+        "_waiter",
+        "complete",
+        "ends_at_eof",
+        "status",
+    )
+
+    def __init__(self, conn: _Connection) -> None:
+        self._conn: _Connection | None = conn
+        self._chunks: deque[bytes] = deque()
+        self._size = 0  # bytes buffered, not yet taken
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: BaseException | None = None
+        self._raw_headers: list[tuple[bytes, bytes]] = []
+        self._headers: CIMultiDictProxy[str] | None = None
+        self._decoder: zlib._Decompress | None = None
+        self.status = 0
+        self.ends_at_eof = False  # no Content-Length and not chunked: the body ends at EOF
+        self.complete = False
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        if self._headers is None:
+            self._headers = CIMultiDictProxy(
+                CIMultiDict(
+                    (k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
+                    for k, v in self._raw_headers
+                )
+            )
+        return self._headers
+
+    # --- fed by the connection --------------------------------------------------------------
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _body(self, data: bytes) -> None:
+        if self._decoder is not None:
+            data = self._decoder.decompress(data)
+        if data:
+            self._chunks.append(data)
+            self._size += len(data)
+            self._wake()
+
+    def _end(self) -> None:
+        if self._error is not None:
+            return
+        if self._decoder is not None:
+            tail = self._decoder.flush()
+            if tail:
+                self._chunks.append(tail)
+                self._size += len(tail)
+        self.complete = True
+        self._wake()
+
+    def _fail(self, error: BaseException) -> None:
+        if not self.complete and self._error is None:
+            self._error = error
+            self._wake()
+
+    async def _wait(self) -> None:
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    # --- the UpstreamResponse protocol ------------------------------------------------------
+    async def read(self, limit: int) -> bytes:
+        """The whole body; UpstreamBodyTooLarge past `limit` bytes."""
+        while not self.complete:
+            if self._error is not None:
+                raise self._error
+            if self._size > limit:
+                raise UpstreamBodyTooLarge
+            self._resume()
+            await self._wait()
+        if self._size > limit:
+            raise UpstreamBodyTooLarge
+        data = b"".join(self._chunks) if len(self._chunks) != 1 else self._chunks[0]
+        self._chunks.clear()
+        self._size = 0
+        return data
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives: everything buffered at each step, in one piece."""
+        while True:
+            if self._chunks:
+                data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+                self._chunks.clear()
+                self._size = 0
+                self._resume()
+                yield data
+            elif self.complete:
+                return
+            elif self._error is not None:
+                raise self._error
+            else:
+                self._resume()
+                await self._wait()
+
+    def _resume(self) -> None:
+        conn = self._conn
+        if conn is not None and conn.paused and self._size < HIGH_WATER:
+            conn.resume()
+
+    def close(self) -> None:
+        """Give the connection back when the answer was read to its end; close it otherwise."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.finish(self)
