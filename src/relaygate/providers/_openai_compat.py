@@ -80,7 +80,7 @@ class OpenAIStreamRelay(StreamRelay):
             self.finished = True
             return data_event(b"[DONE]")
         drop = False
-        if b'"error"' in data or _USAGE.search(data):
+        if b'"error"' in data or (b'"usage"' in data and _USAGE.search(data)):
             try:
                 obj = orjson.loads(data)
             except orjson.JSONDecodeError:
@@ -91,7 +91,7 @@ class OpenAIStreamRelay(StreamRelay):
                 return b""
             if isinstance(obj, dict):
                 drop = self._note_usage(obj)
-        if _CONTENT.search(data):
+        if (b'"content"' in data or b'"arguments"' in data) and _CONTENT.search(data):
             self.content_events += 1
         if drop:
             return b""

@@ -23,7 +23,9 @@ class SSEBuffer:
 
     def feed(self, data: bytes) -> list[bytes]:
         buf = self._buf + data if self._buf else data
-        parts = _BOUNDARY.split(buf)
+        # LF-only bytes (what OpenAI-compatible upstreams send) split the same way without the
+        # regex, several times faster
+        parts = buf.split(b"\n\n") if b"\r" not in buf else _BOUNDARY.split(buf)
         self._buf = parts.pop()
         if len(self._buf) > MAX_EVENT_BYTES:
             raise EventTooLarge
@@ -37,6 +39,8 @@ class SSEBuffer:
 def parse_event(block: bytes) -> tuple[bytes | None, bytes | None]:
     """(event name, data) of one event block; data lines are joined with a newline.
     Comments give (None, None)."""
+    if block.startswith(b"data: ") and b"\n" not in block and b"\r" not in block:
+        return None, block[6:]  # one data line, the usual event: no line splitting
     name: bytes | None = None
     data: list[bytes] = []
     for line in _LINE.split(block):
