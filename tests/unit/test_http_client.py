@@ -349,3 +349,20 @@ def test_tls(tmp_path: Path):
             await trusting.close()
 
     run(main())
+
+
+def test_a_host_name_is_resolved_once_and_its_addresses_tried_in_turn():
+    async def main() -> None:
+        async with Server([ok(b"one", keep=False), ok(b"two")]) as server:
+            client = UpstreamClient()
+            url = f"http://localhost:{server.port}/v1/chat/completions"  # ::1 may refuse first
+            for expected in (b"one", b"two"):
+                resp = await client.request("POST", url, {}, b"{}")
+                assert await resp.read(100) == expected
+                resp.close()
+                await asyncio.sleep(0.02)
+            assert b"Host: localhost:%d" % server.port in server.requests[0]
+            assert list(client._dns) == [("localhost", server.port)]
+            await client.close()
+
+    run(main())

@@ -11,13 +11,15 @@ OSErrors (ConnectionError subclasses), TLS failures ssl.SSLError (an OSError too
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import time
 import zlib
 from collections.abc import Mapping
-from typing import cast
+from typing import Any, cast
 from urllib.parse import urlsplit
 
+import aiohappyeyeballs
 import httptools
 
 from relaygate.providers._http_response import (
@@ -29,6 +31,8 @@ from relaygate.providers._http_response import (
     UpstreamProtocolError,
 )
 
+AddrInfo = tuple[Any, ...]  # as socket.getaddrinfo gives them
+
 __all__ = [
     "Response",
     "UpstreamBodyTooLarge",
@@ -38,6 +42,7 @@ __all__ = [
 ]
 
 CONNECT_TIMEOUT_S = 10.0
+DNS_TTL_S = 300.0
 KEEPALIVE_S = 30.0  # an idle connection older than this is closed, not reused
 _COMPUTED = frozenset({"content-length", "transfer-encoding", "connection"})
 
@@ -234,6 +239,7 @@ class UpstreamClient:
         self._idle: dict[tuple[bool, str, int], list[_Connection]] = {}
         self._targets: dict[tuple[str, str], _Target] = {}
         self._tls = tls  # default: the system's trust store, as aiohttp's
+        self._dns: dict[tuple[str, int], tuple[float, list[AddrInfo]]] = {}
         self.closed = False
 
     async def request(
@@ -284,6 +290,8 @@ class UpstreamClient:
         return None
 
     async def _connect(self, target: _Target) -> _Connection:
+        """A new connection as aiohttp's connector made them: addresses cached for DNS_TTL_S,
+        happy eyeballs between them (aiohappyeyeballs, 250 ms), TCP_NODELAY, then TLS."""
         if self.closed:
             raise RuntimeError("the upstream client is closed")
         loop = asyncio.get_running_loop()
@@ -293,14 +301,37 @@ class UpstreamClient:
                 self._tls = await asyncio.to_thread(_default_tls)
             tls = self._tls
         async with asyncio.timeout(CONNECT_TIMEOUT_S):
-            _, conn = await loop.create_connection(
-                lambda: _Connection(self, target),
-                target.host,
-                target.port,
-                ssl=tls,
-                server_hostname=target.host if tls else None,
+            sock = await aiohappyeyeballs.start_connection(
+                await self._addresses(target), happy_eyeballs_delay=0.25
             )
+            try:
+                if sock.family in (socket.AF_INET, socket.AF_INET6):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(self, target),
+                    sock=sock,
+                    ssl=tls,
+                    server_hostname=target.host if tls else None,
+                )
+            except BaseException:
+                sock.close()
+                raise
         return conn
+
+    async def _addresses(self, target: _Target) -> list[AddrInfo]:
+        now = time.monotonic()
+        cached = self._dns.get((target.host, target.port))
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            target.host, target.port, type=socket.SOCK_STREAM, flags=socket.AI_ADDRCONFIG
+        )
+        if not infos:
+            raise OSError(f"no address for {target.host}")
+        if len(self._dns) > 1000:
+            self._dns.clear()
+        self._dns[target.host, target.port] = (now + DNS_TTL_S, infos)
+        return infos
 
     def _release(self, conn: _Connection) -> None:
         if self.closed:
