@@ -48,6 +48,23 @@ def _inband_failure(obj: Any) -> Failure | None:
     return Failure(kind="server", status=502, message=str(message or "upstream error"))
 
 
+def _maybe_usage(data: bytes) -> bool:
+    """Whether _USAGE may match: not when every "usage" key is `"usage":null` (what upstreams
+    asked for usage put in every chunk but the last)."""
+    n = data.count(b'"usage"')
+    return n > 0 and n != data.count(b'"usage":null')
+
+
+def _has_text(data: bytes) -> bool:
+    """Whether a content or arguments string is non-empty (_CONTENT), with a plain substring test
+    for the compact form first."""
+    for key in (b'"content":"', b'"arguments":"'):
+        at = data.find(key)
+        if at != -1 and data[at + len(key) : at + len(key) + 1] not in (b'"', b""):
+            return True
+    return (b'"content"' in data or b'"arguments"' in data) and _CONTENT.search(data) is not None
+
+
 class OpenAIStreamRelay(StreamRelay):
     """Relays OpenAI SSE as it comes. The upstream is always asked for usage; when the client did
     not ask for it, the usage-only chunk is kept from the client."""
@@ -80,7 +97,7 @@ class OpenAIStreamRelay(StreamRelay):
             self.finished = True
             return data_event(b"[DONE]")
         drop = False
-        if b'"error"' in data or (b'"usage"' in data and _USAGE.search(data)):
+        if b'"error"' in data or (_maybe_usage(data) and _USAGE.search(data)):
             try:
                 obj = orjson.loads(data)
             except orjson.JSONDecodeError:
@@ -91,7 +108,7 @@ class OpenAIStreamRelay(StreamRelay):
                 return b""
             if isinstance(obj, dict):
                 drop = self._note_usage(obj)
-        if (b'"content"' in data or b'"arguments"' in data) and _CONTENT.search(data):
+        if _has_text(data):
             self.content_events += 1
         if drop:
             return b""
