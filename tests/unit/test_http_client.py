@@ -366,3 +366,36 @@ def test_a_host_name_is_resolved_once_and_its_addresses_tried_in_turn():
             await client.close()
 
     run(main())
+
+
+def test_idle_connections_past_the_keepalive_are_closed_even_when_quiet(monkeypatch):
+    from relaygate.providers import _http
+
+    monkeypatch.setattr(_http, "KEEPALIVE_S", 0.05)
+
+    async def main() -> None:
+        async with Server([ok(b"one"), ok(b"two")]) as server:
+            client = UpstreamClient()
+            resp = await post(client, server)
+            assert await resp.read(100) == b"one"
+            resp.close()
+            assert sum(len(v) for v in client._idle.values()) == 1
+            await asyncio.sleep(0.15)  # no traffic: the sweep closes it
+            assert client._idle == {} and client._sweep is None
+            resp = await post(client, server)
+            assert await resp.read(100) == b"two"
+            resp.close()
+            assert server.connections == 2
+            await client.close()
+
+    run(main())
+
+
+def test_an_upstream_url_with_a_space_or_newline_is_refused():
+    async def main() -> None:
+        client = UpstreamClient()
+        for url in ("http://127.0.0.1:1/v1/chat completions", "http://127.0.0.1:1/v1\r\nX: y"):
+            with pytest.raises(ValueError):
+                await client.request("POST", url, {}, b"{}")
+
+    run(main())

@@ -62,6 +62,8 @@ class _Target:
         name = f"[{self.host}]" if ":" in self.host else self.host
         host = name if self.port == default else f"{name}:{self.port}"
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        if any(c in path or c in host for c in " \r\n"):
+            raise ValueError("a space or newline in an upstream URL")
         self.line = f"{method} {path} HTTP/1.1\r\n"
         self.host_line = f"Host: {host}\r\n"
 
@@ -240,6 +242,7 @@ class UpstreamClient:
         self._targets: dict[tuple[str, str], _Target] = {}
         self._tls = tls  # default: the system's trust store, as aiohttp's
         self._dns: dict[tuple[str, int], tuple[float, list[AddrInfo]]] = {}
+        self._sweep: asyncio.TimerHandle | None = None
         self.closed = False
 
     async def request(
@@ -342,9 +345,30 @@ class UpstreamClient:
         idle.append(conn)
         if len(idle) > 1 and not idle[0].usable(conn.idle_since):  # the oldest one expired
             idle.pop(0).close()
+        if self._sweep is None:  # idle connections past KEEPALIVE_S are closed even when quiet
+            loop = asyncio.get_running_loop()
+            self._sweep = loop.call_later(KEEPALIVE_S, self._close_expired)
+
+    def _close_expired(self) -> None:
+        self._sweep = None
+        now = time.monotonic()
+        for key, idle in list(self._idle.items()):
+            keep = [conn for conn in idle if conn.usable(now)]
+            for conn in idle:
+                if not conn.usable(now):
+                    conn.close()
+            if keep:
+                self._idle[key] = keep
+            else:
+                del self._idle[key]
+        if self._idle and not self.closed:
+            self._sweep = asyncio.get_running_loop().call_later(KEEPALIVE_S, self._close_expired)
 
     async def close(self) -> None:
         self.closed = True
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         for idle in self._idle.values():
             for conn in idle:
                 conn.close()
