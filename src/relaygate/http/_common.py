@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hmac
+import logging
 from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Scope, Send
 
 from relaygate.accounting import new_request_id
 from relaygate.auth.clients import ClientInfo, extract_key
@@ -95,3 +97,24 @@ def is_admin(request: Request) -> bool:
 def require_admin(request: Request) -> None:
     if not is_admin(request):
         raise AdminForbidden()
+
+
+_INTERNAL = (
+    b'{"error":{"message":"Internal error.","type":"server_error",'
+    b'"code":"internal_error","param":null}}'
+)
+_boundary_log = logging.getLogger("relaygate.http")
+
+
+async def internal_error(scope: Scope, send: Send, exc: Exception, *, started: bool) -> None:
+    """At the ASGI boundary: log the failure by type only and answer 500 if nothing was sent."""
+    _boundary_log.error("unhandled %s on %s", type(exc).__name__, scope.get("path"))
+    if not started:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 500,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": _INTERNAL})

@@ -7,7 +7,6 @@ routes/chat.py gives (same headers, bodies and statuses), which stays for the Op
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncGenerator
 
 from starlette.types import Message, Receive, Scope, Send
@@ -16,15 +15,10 @@ from relaygate.accounting import Call, new_request_id
 from relaygate.auth.clients import extract_key
 from relaygate.errors import InvalidRequest, PayloadTooLarge, RelaygateError, Unauthorized
 from relaygate.gateway import Gateway
-from relaygate.http._common import parse_json
+from relaygate.http._common import internal_error, parse_json
 from relaygate.http.routes import chat
 from relaygate.routing.attempts import Completed, StreamStarted
 
-log = logging.getLogger("relaygate.http")
-_INTERNAL = (
-    b'{"error":{"message":"Internal error.","type":"server_error",'
-    b'"code":"internal_error","param":null}}'
-)
 _JSON = (b"content-type", b"application/json")
 _SSE_TAIL = (
     (b"cache-control", b"no-cache"),
@@ -73,16 +67,7 @@ class FastChat:
             await send({"type": "http.response.start", "status": 200, "headers": head})
             await _stream(self.gw.relay(result, call), receive, send)
         except Exception as exc:  # noqa: BLE001 (the ASGI boundary: log, answer, no traceback)
-            log.error("unhandled %s on %s", type(exc).__name__, scope.get("path"))
-            if not started:
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 500,
-                        "headers": [(b"content-type", b"application/json")],
-                    }
-                )
-                await send({"type": "http.response.body", "body": _INTERNAL})
+            await internal_error(scope, send, exc, started=started)
 
     async def _open(
         self, scope: Scope, receive: Receive, rid: str

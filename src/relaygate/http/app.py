@@ -3,7 +3,6 @@ Gateway. Errors leave as JSON in one shape; tracebacks never leave at all."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -18,15 +17,9 @@ from relaygate.auth.first_key import ensure_first_client_key
 from relaygate.config.model import Config
 from relaygate.errors import InvalidRequest, RelaygateError
 from relaygate.gateway import Gateway
-from relaygate.http._common import request_id
+from relaygate.http._common import internal_error, request_id
 from relaygate.http._fast import FastChat
 from relaygate.http.routes import admin, chat, clients, models, status, usage
-
-log = logging.getLogger("relaygate.http")
-_INTERNAL = (
-    b'{"error":{"message":"Internal error.","type":"server_error",'
-    b'"code":"internal_error","param":null}}'
-)
 
 
 class ErrorBoundary:
@@ -50,16 +43,7 @@ class ErrorBoundary:
         try:
             await self.app(scope, receive, watch)
         except Exception as exc:  # noqa: BLE001 (the ASGI boundary: log, answer, no traceback)
-            log.error("unhandled %s on %s", type(exc).__name__, scope.get("path"))
-            if not started:
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 500,
-                        "headers": [(b"content-type", b"application/json")],
-                    }
-                )
-                await send({"type": "http.response.body", "body": _INTERNAL})
+            await internal_error(scope, send, exc, started=started)
 
 
 class RelaygateApp(FastAPI):
