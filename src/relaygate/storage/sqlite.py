@@ -176,14 +176,6 @@ class SQLiteStore:
             )
         return cur.rowcount > 0
 
-    def count_active_clients(self) -> int:
-        with self._lock:
-            return int(
-                self._db.execute(
-                    "SELECT COUNT(*) FROM clients WHERE revoked_at IS NULL"
-                ).fetchone()[0]
-            )
-
 
 _LEDGER_COLUMNS = (
     "id",
