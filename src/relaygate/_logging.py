@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from collections.abc import Iterable
@@ -12,8 +13,15 @@ import orjson
 REDACTED = "[redacted]"
 
 
+# Secrets nobody told us about, by their shape: a URL's user:password@ and a bearer token.
+_URL_CREDENTIALS = re.compile(r"(?<=://)[^\s/@:]+:[^\s/@]*@")
+_BEARER = re.compile(r"(?i)(?<=bearer )[^\s\"',;]+")
+
+
 class Redactor:
-    """Replaces every known secret (upstream keys, client keys, the admin secret) in a text."""
+    """Replaces every known secret (upstream keys, client keys, the admin secret) in a text, and
+    anything shaped like URL credentials or a bearer token. The one redaction helper: logging,
+    error texts from upstreams and stored rows all pass through it."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._secrets: list[str] = []
@@ -27,6 +35,10 @@ class Redactor:
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, REDACTED)
+        if "://" in text:
+            text = _URL_CREDENTIALS.sub(REDACTED + "@", text)
+        if "earer " in text:
+            text = _BEARER.sub(REDACTED, text)
         return text
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from relaygate.auth.clients import ClientInfo
+from relaygate.chat_fields import output_tokens
 from relaygate.config.model import Config
 from relaygate.errors import BudgetExceeded, ModelNotAllowed, RelaygateError
 from relaygate.keys.pool import KeyPool
@@ -49,14 +50,6 @@ class Call:
     reservation: Reservation | None = None
     ttft_ms: int | None = None
     done: bool = False
-
-
-def max_output_tokens(body: Mapping[str, Any], default: int) -> int:
-    for name in ("max_completion_tokens", "max_tokens"):
-        value = body.get(name)
-        if isinstance(value, int) and value > 0:
-            return value
-    return default
 
 
 @dataclass(slots=True)
@@ -113,7 +106,7 @@ class Accounting:
             raise ModelNotAllowed(
                 f"This key may not use the model '{body.get('model')}'.", param="model"
             )
-        out_tokens = max_output_tokens(body, self.config.limits.default_max_output_tokens)
+        out_tokens = output_tokens(body, self.config.limits.default_max_output_tokens)
         try:
             call.admitted = self.limiter.admit(
                 client.name,

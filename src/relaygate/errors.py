@@ -13,6 +13,7 @@
     ├── UpstreamRejected                4xx     (the upstream's)        (the upstream's)
     ├── UpstreamError                   502     upstream_error          upstream_error
     ├── NoAvailableKeys                 503     service_unavailable     no_available_keys
+    ├── Unavailable                     503     service_unavailable     (given)
     └── UpstreamTimeout                 504     timeout_error           upstream_timeout
 
 `ConfigError` is separate: it stops start-up and is never sent to a client.
@@ -38,6 +39,7 @@ __all__ = [
     "RateLimitExceeded",
     "RelaygateError",
     "Unauthorized",
+    "Unavailable",
     "UpstreamError",
     "UpstreamRejected",
     "UpstreamTimeout",
@@ -202,6 +204,14 @@ class NoAvailableKeys(RelaygateError):
             msg += f" ({detail})"
         super().__init__(f"{msg}; retry in {secs} s.", headers={"retry-after": str(secs)})
         self.retry_after_s = float(secs)
+
+
+class Unavailable(RelaygateError):
+    """The gateway cannot answer now: shutting down, or its database is not answering."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "unavailable"
 
 
 class UpstreamTimeout(RelaygateError):

@@ -13,12 +13,19 @@ from typing import Any
 import aiohttp
 import orjson
 
+from relaygate import chat_fields
 from relaygate._logging import Redactor
 from relaygate.accounting import Accounting, Call, new_request_id
 from relaygate.auth.clients import ClientInfo, ClientRegistry
 from relaygate.config.load import load_config
 from relaygate.config.model import Config, ProviderConfig
-from relaygate.errors import InvalidRequest, RelaygateError, UpstreamError, UpstreamTimeout
+from relaygate.errors import (
+    InvalidRequest,
+    RelaygateError,
+    Unavailable,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from relaygate.keys.pool import KeyPool
 from relaygate.providers import registry
 from relaygate.providers._http import UpstreamClient
@@ -28,13 +35,23 @@ from relaygate.routing.attempts import AttemptLoop, Completed, StreamStarted
 from relaygate.routing.deadlines import Watchdog
 from relaygate.routing.router import Router
 from relaygate.storage.sqlite import SQLiteStore, open_store
-from relaygate.types import Target, Usage
+from relaygate.types import Failure, Target, Usage
+from relaygate.usage.ledger import CLIENT_CLOSED
 
 log = logging.getLogger("relaygate.gateway")
 FLUSH_EVERY_S = 1.0
 PRUNE_EVERY_S = 3600.0
 LIBRARY_ROUTE = "library"
-CLIENT_DISCONNECTED = "client_disconnected"  # the ledger's error code for a stream left early
+SHUTTING_DOWN = Unavailable("The gateway is shutting down; retry.", code="shutting_down")
+
+
+def _outcome(exc: BaseException, *, closing: bool) -> tuple[int, str | None, int]:
+    """(status, error code, attempts) of a call that ended with `exc`, for its ledger row."""
+    if isinstance(exc, RelaygateError):
+        return exc.status, exc.code, int(exc.headers.get("x-relaygate-attempts", 0))
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+        return (503, SHUTTING_DOWN.code, 0) if closing else (499, CLIENT_CLOSED, 0)
+    return 500, "internal_error", 0
 
 
 def build_providers(config: Config) -> dict[str, Provider]:
@@ -93,6 +110,8 @@ class Gateway:
         self._upstream: UpstreamClient | None = None
         self._upstream_loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._inflight: set[asyncio.Task[Any]] = set()
+        self.closing = False  # the shutdown grace ran out: what is left is being ended
         self._started = False
         if self.store is not None:
             rows = self.store.load_key_states()
@@ -191,14 +210,13 @@ class Gateway:
         request_id: str | None = None,
     ) -> tuple[Call, list[Target]]:
         """Validate, route and admit one request (allowed models, rate limits, budget)."""
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
+        try:
+            chat_fields.check(body)
+        except InvalidRequest:
             self.accounting.refused("invalid")
-            raise InvalidRequest("'messages' must be a non-empty array.", param="messages")
+            raise
         model = body.get("model")
-        if model is not None and not isinstance(model, str):
-            self.accounting.refused("invalid")
-            raise InvalidRequest("'model' must be a string.", param="model")
+        messages = body["messages"]
         try:
             plan = self.router.resolve(model)
         except RelaygateError:
@@ -213,6 +231,8 @@ class Gateway:
     async def open_chat(
         self, body: dict[str, Any], call: Call, plan: list[Target]
     ) -> Completed | StreamStarted:
+        """Run the attempts. Whatever happens the call is settled here (a whole answer, an error,
+        a cancel, a bug), except a started stream, which `relay` or `discard` settles."""
         options = body.get("stream_options")
         include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
         try:
@@ -223,14 +243,15 @@ class Gateway:
                 include_usage=include_usage,
                 est_tokens=call.prompt_estimate,
             )
-        except RelaygateError as exc:
+        except BaseException as exc:
+            status, code, attempts = _outcome(exc, closing=self.closing)
             self.accounting.finish(
                 call,
                 target=plan[0] if plan else None,
                 key_id=None,
-                status=exc.status,
-                error_code=exc.code,
-                attempts=int(exc.headers.get("x-relaygate-attempts", 0)),
+                status=status,
+                error_code=code,
+                attempts=attempts,
             )
             raise
         call.ttft_ms = int((time.perf_counter() - call.t0) * 1000)
@@ -250,8 +271,9 @@ class Gateway:
         self, started: StreamStarted, call: Call | None = None
     ) -> AsyncGenerator[bytes, None]:
         """The rest of a started stream, as client bytes. Ends with an error event (and no [DONE])
-        when the upstream fails mid-way; the key and the call are settled with the real usage, or
-        an estimate of what was produced when the stream was cut or the client went away."""
+        when the upstream fails mid-way or the shutdown grace runs out; the key and the call are
+        settled with the real usage, or an estimate of what was produced when the stream was cut
+        or the client went away."""
         relay, failure, error_code = started.relay, None, None
         try:
             yield started.first
@@ -271,9 +293,8 @@ class Gateway:
                     yield out
             if relay.error is not None:
                 failure = relay.error
-                error = UpstreamError(
-                    f"The upstream failed mid-stream: {self.redact(failure.message)}"
-                )
+                failure.message = self.redact(failure.message)
+                error = UpstreamError(f"The upstream failed mid-stream: {failure.message}")
             elif not relay.finished:
                 error = UpstreamError("The upstream stream ended before it was complete.")
             else:
@@ -287,27 +308,68 @@ class Gateway:
         except (aiohttp.ClientError, OSError, EventTooLarge):
             error_code = UpstreamError.code
             yield UpstreamError("The upstream connection was lost mid-stream.").sse_event()
-        except (asyncio.CancelledError, GeneratorExit):
-            error_code = CLIENT_DISCONNECTED
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not (self.closing and task is not None and task.uncancel() == 0):
+                error_code = CLIENT_CLOSED
+                raise
+            error_code = SHUTTING_DOWN.code  # the grace ran out: end with an error event
+            yield SHUTTING_DOWN.sse_event()
+        except GeneratorExit:
+            error_code = CLIENT_CLOSED
             raise
         finally:
-            started.response.close()
-            prompt = call.prompt_estimate if call else 0
-            usage = relay.usage or _estimated(prompt, relay.content_events)
-            if failure is not None:
-                started.lease.failed(failure)
-            else:
-                started.lease.succeeded(usage)
-            if call is not None:
-                self.accounting.finish(
-                    call,
-                    target=started.target,
-                    key_id=started.lease.key_id,
-                    status=200,
-                    error_code=error_code,
-                    usage=usage,
-                    attempts=started.attempts,
-                )
+            self._settle_stream(started, call, failure, error_code)
+
+    def discard(self, started: StreamStarted, call: Call | None) -> None:
+        """A started stream that will never be relayed (the client left before its first byte
+        went out): close it and settle the key and the call."""
+        self._settle_stream(started, call, None, CLIENT_CLOSED)
+
+    def _settle_stream(
+        self, started: StreamStarted, call: Call | None, failure: Failure | None, code: str | None
+    ) -> None:
+        if started.settled:
+            return
+        started.settled = True
+        started.response.close()
+        relay = started.relay
+        usage = relay.usage or _estimated(call.prompt_estimate if call else 0, relay.content_events)
+        if failure is not None:
+            started.lease.failed(failure)
+        else:
+            started.lease.succeeded(usage)
+        if call is not None:
+            self.accounting.finish(
+                call,
+                target=started.target,
+                key_id=started.lease.key_id,
+                status=200,
+                error_code=code,
+                usage=usage,
+                attempts=started.attempts,
+            )
+
+    # --- shutdown -------------------------------------------------------------------------------
+    def track(self, task: asyncio.Task[Any]) -> None:
+        """A task serving one proxied request, to be ended when the shutdown grace runs out."""
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def drain(self, grace_s: float) -> None:
+        """Shutdown (SPEC §8a): in-flight requests get `grace_s` to finish; then each one left is
+        cancelled, which ends a stream with an error event and answers a waiting request 503."""
+        deadline = time.monotonic() + grace_s
+        while self._inflight and (remaining := deadline - time.monotonic()) > 0:
+            await asyncio.wait(set(self._inflight), timeout=remaining)
+        self.closing = True
+        left = [task for task in self._inflight if not task.done()]
+        for task in left:
+            task.cancel()
+        if left:
+            log.warning(
+                "shutdown: %d request(s) still running after %.0f s were ended", len(left), grace_s
+            )
 
     # --- the library API (SPEC §12) -------------------------------------------------------------
     async def chat(

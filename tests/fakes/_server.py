@@ -81,15 +81,11 @@ class UvicornServer:
     def __init__(self, app: Any) -> None:
         import uvicorn
 
+        from relaygate.http.server import server_config
+
         self.port = free_port()
-        config = uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=self.port,
-            log_level="warning",
-            access_log=False,
-            lifespan="on",
-            log_config=None,
+        config = server_config(
+            app, grace_s=5, host="127.0.0.1", port=self.port, log_level="warning"
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

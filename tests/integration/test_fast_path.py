@@ -1,7 +1,7 @@
 """The raw-ASGI handler of POST /v1/chat/completions (http/_fast.py) answers exactly as the FastAPI
 route in routes/chat.py does: same statuses, headers (names, order, values) and bodies, for
 answers, streams and every refusal; and a client that leaves a stream during a long upstream
-silence cancels the upstream read at once (the ledger row says client_disconnected)."""
+silence cancels the upstream read at once (the ledger row says client_closed)."""
 
 from __future__ import annotations
 
@@ -161,5 +161,5 @@ def test_leaving_a_stream_in_an_upstream_silence_cancels_the_upstream_read(
                 "SELECT error_code, status FROM ledger WHERE id = ?", (request_id,)
             ).fetchall()
         time.sleep(0.05)
-    assert rows == [("client_disconnected", 200)]
+    assert rows == [("client_closed", 200)]
     assert time.monotonic() - t0 < 2.9  # before the upstream's second chunk

@@ -267,7 +267,7 @@ def test_client_disconnect_mid_stream_bills_what_was_produced(live_gateway, fake
     row = rows[0]
     assert time.monotonic() - t0 < 3.0 + 0.5  # well before the 300 chunks (3 s) were all sent
     assert (row["estimated"], row["stream"], row["status"]) == (1, 1, 200)
-    assert row["error_code"] == "client_disconnected"
+    assert row["error_code"] == "client_closed"
     assert 5 <= row["completion_tokens"] < 300
     assert row["prompt_tokens"] == prompt_estimate(raw)
     assert row["cost_usd"] == pytest.approx(

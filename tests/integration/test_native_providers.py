@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -243,8 +243,12 @@ def test_anthropic_errors_move_to_the_next_key(serve, fake_anthropic, reply, exp
         assert 30 <= a["retry_in_s"] <= 33
 
 
-def test_anthropic_usage_limit_parks_the_key_until_the_date_in_the_message(serve, fake_anthropic):
-    day = (datetime.now().astimezone() + timedelta(days=3)).strftime("%Y-%m-%d")
+@pytest.mark.parametrize("days", [1, 3])
+def test_anthropic_usage_limit_parks_the_key_until_the_date_in_the_message(
+    serve, fake_anthropic, days
+):
+    """Until the date the message names, but never longer than 48 h (SPEC §8a)."""
+    day = (datetime.now(UTC) + timedelta(days=days)).strftime("%Y-%m-%d")
     fake_anthropic.script("sk-ant-a", Reply(status=400, error=anthropic_errors.usage_limit(day)))
     gw, client = serve(
         "anthropic",
@@ -255,7 +259,12 @@ def test_anthropic_usage_limit_parks_the_key_until_the_date_in_the_message(serve
     client.chat.completions.create(model="claude-x", messages=[{"role": "user", "content": "hi"}])
     a = state(gw, "anthropic", "sk-ant-a")
     assert a["state"] == "exhausted"
-    assert a["until"] == datetime.fromisoformat(f"{day}T00:00:00+00:00").timestamp()
+    named = datetime.fromisoformat(f"{day}T00:00:00+00:00").timestamp()
+    if days == 1:
+        assert a["until"] == named
+    else:
+        assert a["until"] < named
+        assert abs(a["until"] - (time.time() + 48 * 3600)) < 60
 
 
 def test_anthropic_prompt_too_long_goes_back_to_the_client_once(serve, fake_anthropic):

@@ -71,6 +71,7 @@ def _serve(
     from relaygate._logging import setup_logging
     from relaygate.gateway import Gateway
     from relaygate.http.app import create_app
+    from relaygate.http.server import GatewayServer, server_config
 
     common: dict[str, Any] = {
         "host": cfg.server.host,
@@ -79,8 +80,8 @@ def _serve(
         "access_log": False,
         "lifespan": "on",
         "log_config": None,
-        "timeout_graceful_shutdown": 10,
-        "proxy_headers": False,  # client addresses are not used; skip the per-request rewrite
+        "timeout_graceful_shutdown": int(cfg.server.shutdown_grace_s) + 5,
+        "proxy_headers": False,
     }
     if cfg.server.reload:  # development: uvicorn re-imports the app factory on every change
         if config:
@@ -98,7 +99,21 @@ def _serve(
     # requests (a ~40 ms pause that set the p99 under load).
     gc.collect()
     gc.freeze()
-    uvicorn.run(application, **common)
+    grace = cfg.server.shutdown_grace_s
+    http_server = GatewayServer(
+        server_config(
+            application,
+            grace_s=grace,
+            host=cfg.server.host,
+            port=cfg.server.port,
+            log_level=cfg.server.log_level.lower(),
+        ),
+        gw,
+        grace,
+    )
+    http_server.run()
+    if not http_server.started:  # the port was taken, or start-up failed: uvicorn said why
+        raise typer.Exit(3)
 
 
 def serve(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
@@ -127,8 +128,8 @@ class LimitsConfig(_Model):
 class LedgerConfig(_Model):
     enabled: bool = True
     retention_days: int = Field(default=90, ge=1)
-    max_buffer_rows: int = Field(default=50_000, ge=10)
-    flush_interval_s: float = Field(default=1.0, gt=0)
+    max_buffer_rows: int = Field(default=100_000, ge=10)
+    flush_interval_s: float = Field(default=0.25, gt=0)  # SPEC §8a: a kill -9 loses <= 500 ms
 
 
 class ServerConfig(_Model):
@@ -140,6 +141,7 @@ class ServerConfig(_Model):
     log_json: bool = False
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     max_audio_body_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
+    shutdown_grace_s: float = Field(default=30.0, ge=0, le=3600)
 
 
 class Config(_Model):
@@ -181,6 +183,10 @@ class Config(_Model):
         """Every secret this config holds, for the redaction helper."""
         found = [spec.key for p in self.providers.values() for spec in p.keys]
         found += [c.key for c in self.clients]
+        for p in self.providers.values():  # credentials written into a base URL
+            parts = urlsplit(p.base_url or "")
+            if parts.password:
+                found += [parts.password, f"{parts.username}:{parts.password}"]
         found += [str(self.reports.get(k) or "") for k in ("telegram_bot_token", "webhook_url")]
         if self.admin_secret:
             found.append(self.admin_secret)

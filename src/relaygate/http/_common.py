@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from typing import Any
@@ -118,3 +119,19 @@ async def internal_error(scope: Scope, send: Send, exc: Exception, *, started: b
             }
         )
         await send({"type": "http.response.body", "body": _INTERNAL})
+
+
+GONE = "relaygate.client_gone"  # set in the scope by http/server.py when the client went away
+
+
+def cancelled_by_us(scope: Scope, gw: Gateway) -> bool:
+    """Whether the current task's cancellation is the gateway's own doing (the client went away,
+    or the shutdown grace ran out) rather than the server's: if so it is taken back here and the
+    request ends quietly (no 'Exception in ASGI application')."""
+    if not (scope.get(GONE) or gw.closing):
+        return False
+    task = asyncio.current_task()
+    if task is not None:
+        while task.cancelling():
+            task.uncancel()
+    return True

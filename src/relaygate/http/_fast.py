@@ -14,8 +14,8 @@ from starlette.types import Message, Receive, Scope, Send
 from relaygate.accounting import Call, new_request_id
 from relaygate.auth.clients import extract_key
 from relaygate.errors import InvalidRequest, PayloadTooLarge, RelaygateError, Unauthorized
-from relaygate.gateway import Gateway
-from relaygate.http._common import internal_error, parse_json
+from relaygate.gateway import SHUTTING_DOWN, Gateway
+from relaygate.http._common import cancelled_by_us, internal_error, parse_json
 from relaygate.http.routes import chat
 from relaygate.routing.attempts import Completed, StreamStarted
 
@@ -44,6 +44,9 @@ class FastChat:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
+        task = asyncio.current_task()
+        if task is not None:
+            self.gw.track(task)
         try:
             rid = new_request_id()
             try:
@@ -54,18 +57,28 @@ class FastChat:
                 return
             except _ClientGone:
                 return
-            head = _encoded(chat.answer_headers(result, call))
             if isinstance(result, Completed):
+                head = _encoded(chat.answer_headers(result, call))
                 head.append((b"content-length", str(len(result.body)).encode("latin-1")))
                 head.append(_JSON)
                 started = True
                 await send({"type": "http.response.start", "status": 200, "headers": head})
                 await send({"type": "http.response.body", "body": result.body})
                 return
-            head.extend(_SSE_TAIL)
-            started = True
-            await send({"type": "http.response.start", "status": 200, "headers": head})
-            await _stream(self.gw.relay(result, call), receive, send)
+            try:
+                head = _encoded(chat.answer_headers(result, call))
+                head.extend(_SSE_TAIL)
+                started = True
+                await send({"type": "http.response.start", "status": 200, "headers": head})
+                await _stream(self.gw.relay(result, call), receive, send)
+            finally:
+                if not result.settled:  # never relayed: the client left before the first byte
+                    self.gw.discard(result, call)
+        except asyncio.CancelledError:
+            if not cancelled_by_us(scope, self.gw):
+                raise
+            if self.gw.closing and not started:
+                await _error(send, SHUTTING_DOWN, "")
         except Exception as exc:  # noqa: BLE001 (the ASGI boundary: log, answer, no traceback)
             await internal_error(scope, send, exc, started=started)
 
@@ -125,7 +138,8 @@ def _encoded(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
 async def _error(send: Send, exc: RelaygateError, rid: str) -> None:
     body = exc.body()
     head = _encoded(exc.headers)
-    head.append((b"x-request-id", rid.encode("latin-1")))
+    if rid:
+        head.append((b"x-request-id", rid.encode("latin-1")))
     head.append((b"content-length", str(len(body)).encode("latin-1")))
     head.append(_JSON)
     await send({"type": "http.response.start", "status": exc.status, "headers": head})
@@ -135,7 +149,7 @@ async def _error(send: Send, exc: RelaygateError, rid: str) -> None:
 async def _stream(chunks: AsyncGenerator[bytes, None], receive: Receive, send: Send) -> None:
     """Relay the stream's chunks. A watcher waits for `http.disconnect`; when the client goes
     away first, this task is cancelled, which cancels the upstream read and lets the relay mark
-    the call client_disconnected; the cancellation ends here."""
+    the call client_closed; the cancellation ends here."""
     task = asyncio.current_task()
     assert task is not None
     state = {"done": False, "gone": False}

@@ -3,6 +3,7 @@ Gateway. Errors leave as JSON in one shape; tracebacks never leave at all."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -17,7 +18,7 @@ from relaygate.auth.first_key import ensure_first_client_key
 from relaygate.config.model import Config
 from relaygate.errors import InvalidRequest, RelaygateError
 from relaygate.gateway import Gateway
-from relaygate.http._common import internal_error, request_id
+from relaygate.http._common import cancelled_by_us, internal_error, request_id
 from relaygate.http._fast import FastChat
 from relaygate.http.routes import admin, chat, clients, models, status, usage
 
@@ -62,7 +63,11 @@ class RelaygateApp(FastAPI):
         ):
             await self.fast_chat(scope, receive, send)
             return
-        await super().__call__(scope, receive, send)
+        try:
+            await super().__call__(scope, receive, send)
+        except asyncio.CancelledError:  # the client left (http/server.py), or shutdown ran out
+            if not cancelled_by_us(scope, self.state.gateway):
+                raise
 
 
 async def _relaygate_error(request: Request, exc: Exception) -> Response:

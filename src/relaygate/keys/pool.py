@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -19,6 +20,15 @@ log = logging.getLogger("relaygate.keys")
 
 State = Literal["ready", "cooling", "exhausted", "invalid"]
 NO_KEY = "nokey"
+COOLING_CAP_S = 3600.0  # SPEC §8a: no upstream answer parks a key for longer than this...
+EXHAUSTED_CAP_S = 48 * 3600.0  # ...or, for a spent quota, than this
+
+
+def _wait(value: float | None, default: float, cap: float) -> float:
+    """A cooldown from an upstream's word: the default unless finite and positive, then capped."""
+    if value is None or not math.isfinite(value) or value <= 0:
+        value = default
+    return min(value, cap)
 
 
 def key_id(provider: str, key: str | None, label: str | None = None) -> str:
@@ -243,13 +253,14 @@ class KeyPool:
         now = self.clock()
         kind = failure.kind
         if kind == "rate_limited":
-            wait = failure.retry_after_s or self.retry.default_cooldown_s
+            wait = _wait(failure.retry_after_s, self.retry.default_cooldown_s, COOLING_CAP_S)
             key.last_429_at = now
             self._set(key, "cooling", now + wait, f"rate limited ({failure.status})")
             self._check_pool_throttle(now, wait)
         elif kind == "quota_exhausted":
-            reset = failure.reset_at or now + self.retry.exhausted_default_s
-            self._set(key, "exhausted", reset, f"quota exhausted: {failure.message[:120]}")
+            reset_in = None if failure.reset_at is None else failure.reset_at - now
+            wait = _wait(reset_in, self.retry.exhausted_default_s, EXHAUSTED_CAP_S)
+            self._set(key, "exhausted", now + wait, f"quota exhausted: {failure.message[:120]}")
         elif kind == "key_rejected":
             if key.state != "invalid":
                 log.warning(
@@ -302,11 +313,21 @@ class KeyPool:
         self.dirty.add(key)
 
     def restore(self, rows: Iterable[dict[str, Any]]) -> None:
+        """States saved by an earlier run; a saved `until` past today's caps (written by a build
+        without them) is brought back within them."""
         by_id = {k.key_id: k for k in self.keys}
+        now = self.clock()
         for row in rows:
             key = by_id.get(row["key_id"])
-            if key is not None:
-                key.restore(row)
+            if key is None:
+                continue
+            key.restore(row)
+            if key.state in ("cooling", "exhausted"):
+                cap = COOLING_CAP_S if key.state == "cooling" else EXHAUSTED_CAP_S
+                until = key.until
+                if until is None or not math.isfinite(until) or until > now + cap:
+                    key.until = now + cap
+                    self.dirty.add(key)
 
     def take_dirty(self) -> list[dict[str, Any]]:
         rows = [k.to_row() for k in self.dirty]

@@ -116,7 +116,7 @@ class Response:
                 raise self._error
             if self._size > limit:
                 raise UpstreamBodyTooLarge
-            self._resume()
+            self._resume(limit)  # a whole body is wanted: read on up to its limit
             await self._wait()
         if self._size > limit:
             raise UpstreamBodyTooLarge
@@ -142,9 +142,11 @@ class Response:
                 self._resume()
                 await self._wait()
 
-    def _resume(self) -> None:
+    def _resume(self, high_water: int = HIGH_WATER) -> None:
+        """Reading from the socket goes on while fewer than `high_water` bytes wait: HIGH_WATER
+        for a stream, the reader's limit for a whole body (which is buffered whole anyway)."""
         conn = self._conn
-        if conn is not None and conn.paused and self._size < HIGH_WATER:
+        if conn is not None and conn.paused and self._size < high_water:
             conn.resume()
 
     def close(self) -> None:

@@ -236,7 +236,10 @@ def _regain_at(message: str) -> float | None:
     match = _REGAIN.search(message)
     if not match:
         return None
-    day = datetime.strptime(match.group(1), "%Y-%m-%d").replace(tzinfo=UTC)
+    try:
+        day = datetime.strptime(match.group(1), "%Y-%m-%d").replace(tzinfo=UTC)
+    except ValueError:  # a date that does not exist: the default reset applies
+        return None
     hour, minute = int(match.group(2) or 0), int(match.group(3) or 0)
     return day.timestamp() + hour * 3600 + minute * 60
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import math
 import re
 import time
 from abc import ABC, abstractmethod
@@ -126,7 +127,8 @@ def parse_duration(text: str) -> float | None:
     if not parts or "".join(n + u for n, u in parts) != text.strip():
         return None
     scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-    return sum(float(n) * scale[u] for n, u in parts)
+    total = sum(float(n) * scale[u] for n, u in parts)
+    return total if math.isfinite(total) else None
 
 
 def try_again_in(message: str) -> float | None:
@@ -134,22 +136,38 @@ def try_again_in(message: str) -> float | None:
     return parse_duration(match.group(1)) if match else None
 
 
+def seconds(text: str) -> float | None:
+    """A count of seconds as an upstream sent it: None unless a finite number >= 0 (no NaN, no
+    infinity, no negatives: those fall back to the caller's default)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
 def retry_after(headers: Mapping[str, str]) -> float | None:
-    """`retry-after-ms`, else `retry-after` in seconds or as an HTTP date."""
+    """`retry-after-ms`, else `retry-after` in seconds or as an HTTP date (one in the past, or
+    anything unreadable, is None: the caller's default applies)."""
     value = headers.get("retry-after-ms")
     if value:
-        try:
-            return max(0.0, float(value) / 1000)
-        except ValueError:
-            pass
+        ms = seconds(value)
+        if ms is not None:
+            return ms / 1000
     value = headers.get("retry-after")
     if not value:
         return None
+    wait = seconds(value)
+    if wait is not None or "," not in value:
+        return wait
     try:
-        return max(0.0, float(value))
-    except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if "," in value else None
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if parsed.tzinfo is None:
+        return None
+    wait = parsed.timestamp() - time.time()
+    return wait if wait > 0 else None
 
 
 def error_fields(body: bytes) -> tuple[str, str | None, str | None, str | None, dict[str, Any]]:

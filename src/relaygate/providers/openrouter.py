@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from relaygate.providers._openai_compat import OpenAICompatProvider
-from relaygate.providers.base import ProviderMeta, error_fields
+from relaygate.providers.base import ProviderMeta, error_fields, seconds
 from relaygate.types import Failure
 
 META = ProviderMeta(kind="openrouter", default_base_url="https://openrouter.ai/api/v1")
@@ -15,9 +15,8 @@ META = ProviderMeta(kind="openrouter", default_base_url="https://openrouter.ai/a
 
 def _reset_epoch(raw: object) -> float | None:
     """`metadata.headers.X-RateLimit-Reset`: a Unix time, in milliseconds when it is that large."""
-    try:
-        value = float(str(raw))
-    except ValueError:
+    value = seconds(str(raw))
+    if value is None:
         return None
     return value / 1000 if value > 1e11 else value
 

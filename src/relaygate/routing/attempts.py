@@ -58,6 +58,7 @@ class StreamStarted:
     provider: Provider
     target: Target
     attempts: int
+    settled: bool = False  # the key, the upstream answer and the call have been settled
 
 
 class AttemptLoop:
@@ -127,7 +128,7 @@ class AttemptLoop:
                     result.attempts = attempts
                     return result
                 self.on_attempt(target.provider, result.kind)
-                result.message = self.redact(result.message)  # upstreams echo keys in errors
+                _redact_failure(result, self.redact)  # upstreams echo keys in their errors
                 lease.failed(result)
                 last = result
                 log.info(
@@ -181,6 +182,13 @@ class AttemptLoop:
             )
         except InvalidRequest as exc:
             return _Untranslatable(exc)
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+            # the translation reads nothing but the client's body: a shape it cannot read is
+            # the body's fault, a 400 (or the next target), never a 500 after a paid call
+            log.info("%s cannot translate the request: %s", target.provider, type(exc).__name__)
+            return _Untranslatable(
+                InvalidRequest(f"The request has a field of a shape {target.provider} cannot take.")
+            )
         response: UpstreamResponse | None = None
         try:
             with self.watchdog.guard(timeout_s):  # the attempt, up to its first output
@@ -251,3 +259,11 @@ def _rejected(failure: Failure) -> UpstreamRejected:
     return UpstreamRejected(
         failure.status, failure.message, type_=failure.type, code=failure.code, param=failure.param
     )
+
+
+def _redact_failure(failure: Failure, redact: Callable[[str], str]) -> None:
+    """Every text field of an upstream's error may reach the client: message, type, code, param."""
+    failure.message = redact(failure.message)
+    failure.type = None if failure.type is None else redact(failure.type)
+    failure.code = None if failure.code is None else redact(failure.code)
+    failure.param = None if failure.param is None else redact(failure.param)

@@ -17,6 +17,7 @@ from typing import Any
 
 from relaygate.errors import ConfigError
 from relaygate.keys.pool import KeyState
+from relaygate.usage.ledger import NOT_ERRORS
 
 _KEY_COLUMNS = ("key_id", "provider", *KeyState.PERSISTED)
 _CLIENT_COLUMNS = (
@@ -220,14 +221,14 @@ def _write_ledger(db: sqlite3.Connection, rows: list[dict[str, Any]]) -> None:
     """One transaction: the rows in multi-row INSERTs (one statement per 400 rows instead of one
     per row: the GIL is released and retaken per statement, not per row), and the daily
     aggregates added once per (day, client, provider, model, key) instead of once per row. A
-    row counts as an error when its status is >= 400 or it has an error code other than
-    client_disconnected (a stream the client left)."""
+    row counts as an error when its status is >= 400 or it has an error code, unless the code
+    says the client went away (client_closed)."""
     daily: dict[tuple[Any, ...], list[Any]] = {}
     for r in rows:
         client, provider, model, key_id = _DAILY_KEY(r)
         key = (r["day"], client or "", provider or "", model or "", key_id or "")
         code = r["error_code"]
-        error = int(r["status"] >= 400 or (code is not None and code != "client_disconnected"))
+        error = int((r["status"] >= 400 or code is not None) and code not in NOT_ERRORS)
         acc = daily.get(key)
         if acc is None:
             daily[key] = [

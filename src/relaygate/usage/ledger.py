@@ -15,6 +15,8 @@ from functools import lru_cache
 from typing import Any, Protocol
 
 log = logging.getLogger("relaygate.ledger")
+CLIENT_CLOSED = "client_closed"  # the error code of a call whose client went away
+NOT_ERRORS = (CLIENT_CLOSED, "client_disconnected")  # (the code's name before 0.2)
 
 
 @dataclass(slots=True)

@@ -4,6 +4,7 @@ carries a key or a client's identity."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -39,6 +40,13 @@ class _StateCollector(Collector):
         depth = GaugeMetricFamily("relaygate_ledger_queue_depth", "Ledger rows waiting")
         depth.add_metric([], self._depth())
         yield depth
+        try:  # the soak (bench/soak.py) watches this one for leaked tasks
+            running = len(asyncio.all_tasks())
+        except RuntimeError:  # collected outside the event loop's thread
+            return
+        tasks = GaugeMetricFamily("relaygate_event_loop_tasks", "asyncio tasks alive")
+        tasks.add_metric([], running)
+        yield tasks
 
 
 class Metrics:

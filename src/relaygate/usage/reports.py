@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from relaygate.errors import InvalidRequest
 from relaygate.storage.sqlite import SQLiteStore
+from relaygate.usage.ledger import NOT_ERRORS
 
 GroupBy = Literal["client", "provider", "model", "key", "day"]
 GROUPS: dict[str, str] = {
@@ -68,8 +69,7 @@ def failures(store: SQLiteStore, *, limit: int = 50) -> list[dict[str, Any]]:
     """The latest failed calls (status >= 400 or an in-stream error): the redacted failure log."""
     return store.query(
         "SELECT id, ts, client, route, provider, model, key_id, status, error_code, latency_ms, "
-        "attempts FROM ledger WHERE status >= 400 "
-        "OR COALESCE(error_code, 'client_disconnected') != 'client_disconnected' "
-        "ORDER BY ts DESC LIMIT ?",
-        (max(1, min(limit, 1000)),),
+        "attempts FROM ledger WHERE (status >= 400 OR error_code IS NOT NULL) "
+        "AND COALESCE(error_code, '') NOT IN (?, ?) ORDER BY ts DESC LIMIT ?",
+        (*NOT_ERRORS, max(1, min(limit, 1000))),
     )

@@ -10,7 +10,7 @@ from starlette.responses import Response, StreamingResponse
 
 from relaygate.accounting import Call
 from relaygate.auth.clients import ClientInfo
-from relaygate.errors import InvalidRequest, RelaygateError
+from relaygate.errors import RelaygateError
 from relaygate.gateway import Gateway
 from relaygate.http._common import gateway, read_json, request_id, require_client
 from relaygate.routing.attempts import Completed, StreamStarted
@@ -44,23 +44,6 @@ _BODY_DOC = {
 }
 
 
-def _check_stream_fields(body: dict[str, Any]) -> None:
-    """The fields the gateway itself reads to decide how to answer: checked, not guessed."""
-    if body.get("stream") is not None and not isinstance(body["stream"], bool):
-        raise InvalidRequest("'stream' must be a boolean.", param="stream")
-    options = body.get("stream_options")
-    if options is None:
-        return
-    if not isinstance(options, dict):
-        raise InvalidRequest("'stream_options' must be an object.", param="stream_options")
-    usage = options.get("include_usage")
-    if usage is not None and not isinstance(usage, bool):
-        raise InvalidRequest(
-            "'stream_options.include_usage' must be a boolean.",
-            param="stream_options.include_usage",
-        )
-
-
 @router.post(
     "/v1/chat/completions",
     openapi_extra=_BODY_DOC,
@@ -88,7 +71,6 @@ async def open_call(
 ) -> tuple[Completed | StreamStarted, Call]:
     """Check, admit and open one request (this route and the raw-ASGI one in http/_fast.py): the
     whole answer or the started stream. A failure carries the call's headers (rate limits)."""
-    _check_stream_fields(body)
     call, plan = gw.begin(body, client=client, route=ROUTE, raw_size=size, request_id=rid)
     try:
         result = await gw.open_chat(body, call, plan)

@@ -1,0 +1,216 @@
+"""The HTTP server around the app: uvicorn with its httptools protocol, bounded the way SPEC §8a
+asks. A request head is at most HEAD_MAX_BYTES in at most HEAD_MAX_LINES lines (431 above) and
+arrives within HEAD_TIMEOUT_S of the connection or the request starting (408); a body within
+BODY_TIMEOUT_S; framing that llhttp refuses (Content-Length with Transfer-Encoding, two
+Content-Lengths) is a 400. All of these answer in the SPEC's error shape and close the connection.
+A client that goes away before its answer started cancels the request's task (and so its upstream
+call). SIGTERM lets in-flight requests finish for `shutdown_grace_s`, then ends the rest."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from typing import Any
+
+import httptools
+import orjson
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+from relaygate.gateway import Gateway
+from relaygate.http._common import GONE
+
+HEAD_MAX_BYTES = 64 * 1024
+HEAD_MAX_LINES = 100
+HEAD_TIMEOUT_S = 10.0
+BODY_TIMEOUT_S = 60.0
+_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def _answer(status: int, code: str, message: str) -> bytes:
+    body = orjson.dumps(
+        {
+            "error": {
+                "message": message,
+                "type": "invalid_request_error",
+                "code": code,
+                "param": None,
+            }
+        }
+    )
+    return b"".join(
+        (
+            b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status]),
+            b"content-type: application/json\r\n",
+            b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body),
+            body,
+        )
+    )
+
+
+class BoundedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with bounded, timed request heads and bodies."""
+
+    head_timeout_s = HEAD_TIMEOUT_S
+    body_timeout_s = BODY_TIMEOUT_S
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_head = True
+        self._head_seen = 0  # bytes fed while the head was incomplete
+        self._head_parsed = 0  # bytes of the URL and header lines parsed
+        self._head_lines = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._got_bytes = False
+
+    # --- timers -----------------------------------------------------------------------------
+    def _arm(self, seconds: float, what: str) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(seconds, self._expired, what)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expired(self, what: str) -> None:
+        self._timer = None
+        if self.transport.is_closing():
+            return
+        cycle: RequestResponseCycle | None = self.cycle
+        if what == "head" and not self._got_bytes:
+            self.transport.close()  # a connection that never said anything
+            return
+        if cycle is None or what == "head" or not cycle.response_started:
+            self._refuse(_Refused(408, "request_timeout", f"The request {what} came too slowly."))
+        else:
+            self.transport.close()
+
+    def _refuse(self, refusal: _Refused) -> None:
+        self.transport.write(_answer(refusal.status, refusal.code, refusal.message))
+        self.transport.close()
+
+    # --- asyncio.Protocol -------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm(self.head_timeout_s, "head")
+
+    def data_received(self, data: bytes) -> None:
+        self._unset_keepalive_if_required()
+        self._got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _Refused):
+                self._refuse(exc.__context__)
+                return
+            raise
+        except httptools.HttpParserUpgrade:
+            self._refuse(_Refused(400, "invalid_request", "Protocol upgrades are not served."))
+            return
+        except httptools.HttpParserError as exc:
+            self._refuse(_Refused(400, "invalid_request", f"Invalid HTTP request: {exc}."))
+            return
+        if self._in_head:
+            self._head_seen += len(data)
+            if self._head_seen > HEAD_MAX_BYTES:
+                self._refuse(_head_too_large())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        cycle = self.cycle
+        task = getattr(cycle, "relaygate_task", None)
+        if (
+            cycle is not None
+            and task is not None
+            and not cycle.response_started
+            and not task.done()
+        ):
+            cycle.scope[GONE] = True  # type: ignore[literal-required]
+            task.cancel()  # nobody will read the answer: stop working on it
+        super().connection_lost(exc)
+
+    # --- httptools callbacks ----------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+        self._head_seen = self._head_parsed = self._head_lines = 0
+        if self._timer is None:
+            self._arm(self.head_timeout_s, "head")
+
+    def on_url(self, url: bytes) -> None:
+        self._head_parsed += len(url)
+        if self._head_parsed > HEAD_MAX_BYTES:
+            raise _head_too_large()
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_lines += 1
+        self._head_parsed += len(name) + len(value) + 4
+        if self._head_lines > HEAD_MAX_LINES:
+            raise _Refused(
+                431, "request_headers_too_large", f"More than {HEAD_MAX_LINES} header lines."
+            )
+        if self._head_parsed > HEAD_MAX_BYTES:
+            raise _head_too_large()
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._arm(self.body_timeout_s, "body")
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        task = self.loop.create_task(cycle.run_asgi(app))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+        cycle.relaygate_task = task  # type: ignore[attr-defined]
+
+
+def _head_too_large() -> _Refused:
+    return _Refused(
+        431, "request_headers_too_large", f"The request head is over {HEAD_MAX_BYTES} bytes."
+    )
+
+
+class GatewayServer(uvicorn.Server):
+    """uvicorn's server whose shutdown first gives the gateway's requests their grace period."""
+
+    def __init__(self, config: uvicorn.Config, gateway: Gateway, grace_s: float) -> None:
+        super().__init__(config)
+        self.gateway = gateway
+        self.grace_s = grace_s
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        drain = asyncio.create_task(self.gateway.drain(self.grace_s))
+        try:
+            await super().shutdown(sockets)
+        finally:
+            drain.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await drain
+
+
+def server_config(app: Any, *, grace_s: float, **options: Any) -> uvicorn.Config:
+    """The uvicorn settings every relaygate server uses (the CLI's and the tests')."""
+    return uvicorn.Config(
+        app,
+        http=BoundedProtocol,
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=int(grace_s) + 5,  # uvicorn's backstop behind drain()
+        proxy_headers=False,  # client addresses are not used; skip the per-request rewrite
+        **options,
+    )
