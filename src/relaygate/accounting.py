@@ -70,9 +70,11 @@ class Accounting:
         providers: Mapping[str, Provider],
         pools: Callable[[], Iterable[KeyPool]],
         clock: Callable[[], float] = time.time,
+        known: Callable[[Target], bool] = lambda target: True,
     ) -> None:
         self.config = config
         self.providers = providers
+        self.known = known  # metrics label a model it does not know as `other` (SPEC §8a)
         self.pricing = Pricing(config.pricing)
         self.limiter = RateLimiter(clock)
         self.budgets = Budgets(clock)
@@ -109,7 +111,7 @@ class Accounting:
         out_tokens = output_tokens(body, self.config.limits.default_max_output_tokens)
         try:
             call.admitted = self.limiter.admit(
-                client.name,
+                client.id,
                 rpm=client.rpm,
                 tpm=client.tpm,
                 est_tokens=call.prompt_estimate + out_tokens,
@@ -122,7 +124,7 @@ class Accounting:
             return
         worst = max(self.rates(t).worst_case(call.prompt_estimate, out_tokens) for t in plan)
         try:
-            call.reservation = self.budgets.reserve(client.name, client.monthly_budget_usd, worst)
+            call.reservation = self.budgets.reserve(client.id, client.monthly_budget_usd, worst)
         except BudgetExceeded:
             call.admitted.cancel()
             self.refused("budget")
@@ -151,12 +153,13 @@ class Accounting:
         if call.admitted is not None:
             call.admitted.settle(usage.total_tokens)
         provider = target.provider if target else ""
-        model = target.model if target else ""
+        model = "" if target is None else target.model if self.known(target) else "other"
         self.ledger.record(
             LedgerRow(
                 id=call.request_id,
                 ts=call.ts,
                 client=call.client.name if call.client else None,
+                client_id=call.client.id if call.client else None,
                 route=call.route,
                 provider=target.provider if target else None,
                 model=target.model if target else None,

@@ -84,7 +84,9 @@ class Gateway:
         self.router = Router(self.config.routing, self.providers)
         self.store: SQLiteStore | None = open_store(self.config.database_url) if persist else None
         self.clients = ClientRegistry(self.config, self.store)
-        self.accounting = Accounting(self.config, self.store, self.providers, self.pools.values)
+        self.accounting = Accounting(
+            self.config, self.store, self.providers, self.pools.values, known=self.router.is_known
+        )
         attempts_metric = self.accounting.metrics.attempts
         attempt_counters: dict[tuple[str, str], Any] = {}  # providers x outcomes: bounded
 

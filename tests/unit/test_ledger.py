@@ -18,6 +18,7 @@ def row(i: int, *, client: str = "app", cost: float = 0.001, status: int = 200) 
         id=f"req_{i}",
         ts=time.time(),
         client=client,
+        client_id=client,  # ids and names agree here; tests/integration cover them apart
         route="/v1/chat/completions",
         provider="up",
         model="m",

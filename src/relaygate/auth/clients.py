@@ -27,6 +27,14 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
+def static_id(key: str) -> str:
+    """A configured key's client id: the same on every start and in every replica, whatever the
+    order of the config or the name given (renaming keeps the spend). Derived under its own label
+    and cut to 48 bits, so it is not the key's hash and tells nothing about the key."""
+    digest = hashlib.sha256(b"relaygate client id\0" + key.encode("utf-8")).hexdigest()
+    return f"static-{digest[:12]}"
+
+
 def generate_key(prefix: str = "rg-", length: int = 43) -> str:
     """`prefix` + `length` URL-safe random characters."""
     body = ""
@@ -58,9 +66,9 @@ class ClientRegistry:
         self._store = store
         self.clock = clock
         self._static: dict[str, ClientInfo] = {}
-        for i, c in enumerate(config.clients):
+        for c in config.clients:
             self._static[hash_key(c.key)] = ClientInfo(
-                id=f"static-{i + 1}",
+                id=static_id(c.key),
                 name=c.name,
                 source="static",
                 key_hash=hash_key(c.key),

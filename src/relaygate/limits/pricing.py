@@ -14,6 +14,8 @@ from relaygate.types import Usage
 log = logging.getLogger("relaygate.pricing")
 _PROBE = 100_000  # tokens per probe: the base tier of tiered prices
 _MTOK = 1_000_000
+_CACHE_MAX = 4096
+_WARN_MAX = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,12 +76,15 @@ class Pricing:
     def __init__(self, overrides: Mapping[str, PriceConfig]) -> None:
         self._overrides = dict(overrides)
         self._cache: dict[tuple[str, str], Rates] = {}
+        self._unpriced = 0
 
     def rates(self, provider: str, model: str, api_url: str | None = None) -> Rates:
         key = (provider, model)
         found = self._cache.get(key)
         if found is None:
             found = self._lookup(provider, model, api_url)
+            if len(self._cache) >= _CACHE_MAX:  # model names come from clients: keep it bounded
+                self._cache.clear()
             self._cache[key] = found
         return found
 
@@ -92,9 +97,11 @@ class Pricing:
             return rates
         if "*" in self._overrides:
             return _from_config(self._overrides["*"], "default")
-        log.warning(
-            "no price known for %s/%s: its cost counts as 0 (set pricing: in the config)",
-            provider,
-            model,
-        )
+        self._unpriced += 1
+        if self._unpriced <= _WARN_MAX:  # one line per model, for the first few
+            log.warning(
+                "no price known for %s/%s: its cost counts as 0 (set pricing: in the config)",
+                provider,
+                model,
+            )
         return Rates(0.0, 0.0, 0.0, "unknown")

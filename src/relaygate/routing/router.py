@@ -16,6 +16,7 @@ class Router:
     def __init__(self, routing: RoutingConfig, providers: Mapping[str, Provider]) -> None:
         self.routing = routing
         self.providers = providers
+        self._known: frozenset[tuple[str, str]] | None = None
 
     def default_model(self, provider: str) -> str | None:
         found = self.routing.default_models.get(provider)
@@ -91,3 +92,24 @@ class Router:
             ids += [f"{name}/{m}" for m in models]
         ids += list(self.routing.aliases) + list(self.routing.groups)
         return list(dict.fromkeys(ids))
+
+    def is_known(self, target: Target) -> bool:
+        """Whether a target names a configured model (a provider's list or default, or an alias
+        or group member): metrics label the others `other`, so made-up names stay bounded."""
+        known = self._known
+        if known is None:
+            pairs = {
+                (name, m)
+                for name in self.providers
+                for m in (*self.providers[name].models(), self.default_model(name))
+                if m
+            }
+            for entry in (*self.routing.aliases.values(), *self.routing.groups.values()):
+                for member in [entry] if isinstance(entry, str) else entry:
+                    try:
+                        found = self._single(member)
+                    except ModelNotFound:
+                        continue
+                    pairs.add((found.provider, found.model))
+            known = self._known = frozenset(pairs)
+        return (target.provider, target.model) in known

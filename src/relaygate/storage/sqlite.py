@@ -107,10 +107,11 @@ class SQLiteStore:
             _write_ledger(self._db, rows)
 
     def month_spend(self, month: str) -> dict[str, float]:
-        """Cost per client in a calendar month (UTC), from the daily aggregates."""
+        """Cost per client id in a calendar month (UTC), from the daily aggregates."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT client, SUM(cost_usd) FROM usage_daily WHERE day LIKE ? GROUP BY client",
+                "SELECT client_id, SUM(cost_usd) FROM usage_daily WHERE day LIKE ? "
+                "GROUP BY client_id",
                 (f"{month}-%",),
             ).fetchall()
         return {str(r[0]): float(r[1] or 0) for r in rows}
@@ -182,6 +183,7 @@ _LEDGER_COLUMNS = (
     "id",
     "ts",
     "day",
+    "client_id",
     "client",
     "route",
     "provider",
@@ -201,10 +203,11 @@ _LEDGER_COLUMNS = (
     "estimated",
 )
 _DAILY_ADD = """
-INSERT INTO usage_daily (day, client, provider, model, key_id, requests, errors, prompt_tokens,
-                         completion_tokens, cached_tokens, cost_usd, latency_ms_sum)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (day, client, provider, model, key_id) DO UPDATE SET
+INSERT INTO usage_daily (day, client_id, provider, model, key_id, client, requests, errors,
+                         prompt_tokens, completion_tokens, cached_tokens, cost_usd, latency_ms_sum)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (day, client_id, provider, model, key_id) DO UPDATE SET
+    client = excluded.client,
     requests = requests + excluded.requests, errors = errors + excluded.errors,
     prompt_tokens = prompt_tokens + excluded.prompt_tokens,
     completion_tokens = completion_tokens + excluded.completion_tokens,
@@ -213,7 +216,7 @@ ON CONFLICT (day, client, provider, model, key_id) DO UPDATE SET
     latency_ms_sum = latency_ms_sum + excluded.latency_ms_sum
 """
 _LEDGER_VALUES = operator.itemgetter(*_LEDGER_COLUMNS)
-_DAILY_KEY = operator.itemgetter("client", "provider", "model", "key_id")
+_DAILY_KEY = operator.itemgetter("client_id", "provider", "model", "key_id")
 _ROWS_PER_INSERT = 400  # 8,000 bound values, under SQLite's limit (32,766 since 3.32)
 
 
@@ -225,13 +228,14 @@ def _write_ledger(db: sqlite3.Connection, rows: list[dict[str, Any]]) -> None:
     says the client went away (client_closed)."""
     daily: dict[tuple[Any, ...], list[Any]] = {}
     for r in rows:
-        client, provider, model, key_id = _DAILY_KEY(r)
-        key = (r["day"], client or "", provider or "", model or "", key_id or "")
+        client_id, provider, model, key_id = _DAILY_KEY(r)
+        key = (r["day"], client_id or "", provider or "", model or "", key_id or "")
         code = r["error_code"]
         error = int((r["status"] >= 400 or code is not None) and code not in NOT_ERRORS)
         acc = daily.get(key)
         if acc is None:
             daily[key] = [
+                r["client"] or "",
                 1,
                 error,
                 r["prompt_tokens"],
@@ -241,13 +245,14 @@ def _write_ledger(db: sqlite3.Connection, rows: list[dict[str, Any]]) -> None:
                 r["latency_ms"],
             ]
         else:
-            acc[0] += 1
-            acc[1] += error
-            acc[2] += r["prompt_tokens"]
-            acc[3] += r["completion_tokens"]
-            acc[4] += r["cached_tokens"]
-            acc[5] += r["cost_usd"]
-            acc[6] += r["latency_ms"]
+            acc[0] = r["client"] or ""  # the name the client has now
+            acc[1] += 1
+            acc[2] += error
+            acc[3] += r["prompt_tokens"]
+            acc[4] += r["completion_tokens"]
+            acc[5] += r["cached_tokens"]
+            acc[6] += r["cost_usd"]
+            acc[7] += r["latency_ms"]
     cols = ", ".join(_LEDGER_COLUMNS)
     one = "(" + ", ".join("?" * len(_LEDGER_COLUMNS)) + ")"
     db.execute("BEGIN")

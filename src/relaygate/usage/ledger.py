@@ -23,7 +23,7 @@ NOT_ERRORS = (CLIENT_CLOSED, "client_disconnected")  # (the code's name before 0
 class LedgerRow:
     id: str
     ts: float
-    client: str | None
+    client: str | None  # the client's display name at the time
     route: str
     provider: str | None
     model: str | None
@@ -40,6 +40,7 @@ class LedgerRow:
     stream: bool = False
     attempts: int = 0
     estimated: bool = False
+    client_id: str | None = None  # what limits, budgets and reports are keyed by
 
     def as_dict(self) -> dict[str, Any]:
         """The row for the store (every field is flat: no dataclasses.asdict, ~10x cheaper)."""
@@ -47,6 +48,7 @@ class LedgerRow:
             "id": self.id,
             "ts": self.ts,
             "day": _day(int(self.ts // 86400)),
+            "client_id": self.client_id,
             "client": self.client,
             "route": self.route,
             "provider": self.provider,

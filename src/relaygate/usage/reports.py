@@ -13,7 +13,7 @@ from relaygate.usage.ledger import NOT_ERRORS
 
 GroupBy = Literal["client", "provider", "model", "key", "day"]
 GROUPS: dict[str, str] = {
-    "client": "client",
+    "client": "client_id",  # two clients of one name are two rows; the name is their latest
     "provider": "provider",
     "model": "model",
     "key": "key_id",
@@ -44,8 +44,9 @@ def usage_report(
         raise InvalidRequest(f"by must be one of: {', '.join(GROUPS)}.", param="by")
     label, pattern = period(day, month)
     column = GROUPS[by]  # one of a fixed set of column names, never user text
+    name = "MAX(client) AS name, client_id" if by == "client" else f"{column} AS name"
     rows = store.query(
-        f"SELECT {column} AS name, SUM(requests) AS requests, SUM(errors) AS errors, "  # noqa: S608
+        f"SELECT {name}, SUM(requests) AS requests, SUM(errors) AS errors, "  # noqa: S608
         "SUM(prompt_tokens) AS prompt_tokens, SUM(completion_tokens) AS completion_tokens, "
         "SUM(cached_tokens) AS cached_tokens, SUM(cost_usd) AS cost_usd, "
         "SUM(latency_ms_sum) AS latency_ms_sum "

@@ -98,16 +98,17 @@ def days(store: SQLiteStore, now: float) -> list[dict[str, Any]]:
 GROUPS = {
     "model": "CASE WHEN provider = '' THEN model ELSE provider || '/' || model END",
     "provider": "provider",
-    "client": "client",
+    "client": "client_id",  # shown by its latest name
 }
 
 
 def _spend_rows(store: SQLiteStore, group: str, since: str) -> list[dict[str, Any]]:
     expr = GROUPS[group]
     rows = store.query(
-        f"SELECT {expr} AS name, SUM(requests) AS requests, SUM(errors) AS errors, "  # noqa: S608
+        f"SELECT {expr} AS grp, MAX({'client' if group == 'client' else expr}) AS name, "  # noqa: S608
+        "SUM(requests) AS requests, SUM(errors) AS errors, "
         "SUM(prompt_tokens + completion_tokens) AS tokens, SUM(cost_usd) AS cost_usd "
-        "FROM usage_daily WHERE day >= ? GROUP BY name "
+        "FROM usage_daily WHERE day >= ? GROUP BY grp "
         "ORDER BY cost_usd DESC, requests DESC, name LIMIT ?",
         (since, TOP),
     )
