@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
@@ -171,9 +172,17 @@ class Gateway:
                 log.warning("background flush failed: %s", type(exc).__name__)
 
     async def flush(self) -> None:
-        rows = [row for pool in self.pools.values() for row in pool.take_dirty()]
-        if rows and self.store is not None:
+        """Key states changed since the last flush; kept for the next one when the write fails."""
+        taken = [(pool, pool.take_dirty()) for pool in self.pools.values()]
+        rows = [row for _, part in taken for row in part]
+        if not rows or self.store is None:
+            return
+        try:
             await self.store.asave_key_states(rows)
+        except BaseException:
+            for pool, part in taken:
+                pool.mark_dirty(row["key_id"] for row in part)
+            raise
 
     async def aclose(self) -> None:
         for task in self._tasks:
@@ -181,7 +190,10 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
-        await self.flush()
+        try:  # a database that fails now costs a log line, never a traceback or a hang
+            await self.flush()
+        except (sqlite3.Error, OSError) as exc:
+            log.error("shutdown: key states could not be saved (%s)", type(exc).__name__)
         await self.accounting.ledger.close()
         if self._session is not None:
             await self._session.close()
@@ -190,7 +202,8 @@ class Gateway:
             await self._upstream.close()
             self._upstream = None
         if self.store is not None:
-            self.store.close()
+            with contextlib.suppress(sqlite3.Error):
+                self.store.close()
             self.store = None
         self._started = False
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from typing import Any
+import sqlite3
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import orjson
 from starlette.requests import Request
@@ -14,7 +16,13 @@ from starlette.types import Scope, Send
 
 from relaygate.accounting import new_request_id
 from relaygate.auth.clients import ClientInfo, extract_key
-from relaygate.errors import AdminForbidden, InvalidRequest, PayloadTooLarge, Unauthorized
+from relaygate.errors import (
+    AdminForbidden,
+    InvalidRequest,
+    PayloadTooLarge,
+    Unauthorized,
+    Unavailable,
+)
 from relaygate.gateway import Gateway
 
 
@@ -135,3 +143,24 @@ def cancelled_by_us(scope: Scope, gw: Gateway) -> bool:
         while task.cancelling():
             task.uncancel()
     return True
+
+
+DB_TIMEOUT_S = 2.0  # SPEC §8a: a read for an admin route or the status page, at most
+T = TypeVar("T")
+
+
+async def db_call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """A database call for a route, in a worker thread: a 503 in the error format when the
+    database fails or does not answer within DB_TIMEOUT_S (the thread may finish later)."""
+    return await bounded(asyncio.to_thread(fn, *args, **kwargs))
+
+
+async def bounded(work: Awaitable[T]) -> T:
+    try:
+        async with asyncio.timeout(DB_TIMEOUT_S):
+            return await work
+    except (TimeoutError, sqlite3.Error, OSError) as exc:
+        _boundary_log.warning("database call failed: %s", type(exc).__name__)
+        raise Unavailable(
+            "The database did not answer in time; try again.", code="database_unavailable"
+        ) from None

@@ -329,6 +329,13 @@ class KeyPool:
                     key.until = now + cap
                     self.dirty.add(key)
 
+    def mark_dirty(self, key_ids: Iterable[str]) -> None:
+        """States whose write failed: written with the next flush."""
+        for kid in key_ids:
+            key = self.find(kid)
+            if key is not None:
+                self.dirty.add(key)
+
     def take_dirty(self) -> list[dict[str, Any]]:
         rows = [k.to_row() for k in self.dirty]
         self.dirty.clear()

@@ -4,20 +4,27 @@ Calls run in a worker thread so the event loop never waits on the disk."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
+import logging
 import operator
+import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from relaygate.errors import ConfigError
 from relaygate.keys.pool import KeyState
 from relaygate.usage.ledger import NOT_ERRORS
+
+log = logging.getLogger("relaygate.storage")
+T = TypeVar("T")
+BUSY_MS = 1000  # a write waits this long for a lock held elsewhere, then fails and is retried
 
 _KEY_COLUMNS = ("key_id", "provider", *KeyState.PERSISTED)
 _CLIENT_COLUMNS = (
@@ -42,16 +49,43 @@ def sqlite_path(url: str) -> Path:
     return Path(url.removeprefix("sqlite:///"))
 
 
+def _connect(path: Path, busy_ms: int) -> sqlite3.Connection:
+    db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+    db.row_factory = sqlite3.Row
+    db.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
+    return db
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class SQLiteStore:
-    def __init__(self, path: Path) -> None:
+    """Two connections: writes go through one (each in a transaction that is rolled back when
+    it fails, so a lock held elsewhere never leaves it stuck), reads through the other, so a
+    read never waits behind a write that waits for a lock (WAL lets readers in meanwhile). A
+    database file removed or replaced under the running process is opened anew (and migrated)
+    before the next write, instead of writing into a file nobody will see again."""
+
+    def __init__(self, path: Path, *, busy_ms: int = BUSY_MS) -> None:
         self.path = path
+        self.busy_ms = busy_ms
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the writing connection
+        self._read_lock = threading.Lock()  # the reading connection
+        self._open()
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = _connect(self.path, self.busy_ms)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
         self._migrate()
+        self._reader = _connect(self.path, self.busy_ms)
+        self._file = _identity(self.path)
 
     def _migrate(self) -> None:
         version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
@@ -65,21 +99,49 @@ class SQLiteStore:
         )
         for script in scripts:
             number = int(script.name.split("_", 1)[0])
-            if number > version:
-                with self._lock:
-                    self._db.executescript(script.read_text(encoding="utf-8"))
-                    self._db.execute(f"PRAGMA user_version={number}")
+            if number > version:  # each migration whole or not at all
+                sql = script.read_text(encoding="utf-8")
+                self._db.executescript(f"BEGIN;\n{sql}\nPRAGMA user_version={number};\nCOMMIT;")
+
+    def _check_file(self) -> None:
+        """Called with the write lock held, before a write."""
+        if _identity(self.path) == self._file:
+            return
+        log.warning("the database file was removed or replaced: it is opened anew")
+        with self._read_lock:
+            for db in (self._db, self._reader):
+                with contextlib.suppress(sqlite3.Error):
+                    db.close()
+            self._open()
+
+    def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """`work` in one write transaction: committed whole, or rolled back and raised."""
+        with self._lock:
+            self._check_file()
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                out = work(db)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                raise
+            return out
+
+    def _read(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> list[sqlite3.Row]:
+        with self._read_lock:
+            return self._reader.execute(sql, params).fetchall()
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._read_lock:
             self._db.close()
+            self._reader.close()
 
     # --- upstream key states --------------------------------------------------------------------
     def load_key_states(self) -> list[dict[str, Any]]:
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT {', '.join(_KEY_COLUMNS)} FROM upstream_keys"
-            ).fetchall()
+        rows = self._read(f"SELECT {', '.join(_KEY_COLUMNS)} FROM upstream_keys")
         return [dict(r) for r in rows]
 
     def save_key_states(self, rows: Iterable[dict[str, Any]]) -> None:
@@ -93,36 +155,30 @@ class SQLiteStore:
             f"INSERT INTO upstream_keys ({cols}, updated_at) VALUES ({marks}) "
             f"ON CONFLICT(key_id) DO UPDATE SET {updates}, updated_at=excluded.updated_at"
         )
-        with self._lock:
-            self._db.execute("BEGIN")
-            self._db.executemany(sql, items)
-            self._db.execute("COMMIT")
+        self._write(lambda db: db.executemany(sql, items))
 
     async def asave_key_states(self, rows: list[dict[str, Any]]) -> None:
         await asyncio.to_thread(self.save_key_states, rows)
 
     # --- the ledger -----------------------------------------------------------------------------
     def write_ledger(self, rows: list[dict[str, Any]]) -> None:
-        with self._lock:
-            _write_ledger(self._db, rows)
+        self._write(lambda db: _write_ledger(db, rows))
 
     def month_spend(self, month: str) -> dict[str, float]:
         """Cost per client id in a calendar month (UTC), from the daily aggregates."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT client_id, SUM(cost_usd) FROM usage_daily WHERE day LIKE ? "
-                "GROUP BY client_id",
-                (f"{month}-%",),
-            ).fetchall()
+        rows = self._read(
+            "SELECT client_id, SUM(cost_usd) FROM usage_daily WHERE day LIKE ? GROUP BY client_id",
+            (f"{month}-%",),
+        )
         return {str(r[0]): float(r[1] or 0) for r in rows}
 
     def prune_ledger(self, before_ts: float) -> int:
-        with self._lock:
-            return int(self._db.execute("DELETE FROM ledger WHERE ts < ?", (before_ts,)).rowcount)
+        return self._write(
+            lambda db: int(db.execute("DELETE FROM ledger WHERE ts < ?", (before_ts,)).rowcount)
+        )
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        with self._lock:
-            return [dict(r) for r in self._db.execute(sql, params).fetchall()]
+        return [dict(r) for r in self._read(sql, params)]
 
     # --- issued client keys (hashes only) -------------------------------------------------------
     def insert_client(self, row: dict[str, Any]) -> None:
@@ -131,18 +187,14 @@ class SQLiteStore:
             data["models"] = json.dumps(data["models"])
         cols = ", ".join(_CLIENT_COLUMNS)
         marks = ", ".join(f":{c}" for c in _CLIENT_COLUMNS)
-        with self._lock:
-            self._db.execute(
-                f"INSERT INTO clients ({cols}) VALUES ({marks})",
-                {c: data.get(c) for c in _CLIENT_COLUMNS},
-            )
+        values = {c: data.get(c) for c in _CLIENT_COLUMNS}
+        self._write(lambda db: db.execute(f"INSERT INTO clients ({cols}) VALUES ({marks})", values))
 
     def list_clients(self, *, include_revoked: bool = True) -> list[dict[str, Any]]:
         where = "" if include_revoked else " WHERE revoked_at IS NULL"
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT {', '.join(_CLIENT_COLUMNS)} FROM clients{where} ORDER BY created_at"
-            ).fetchall()
+        rows = self._read(
+            f"SELECT {', '.join(_CLIENT_COLUMNS)} FROM clients{where} ORDER BY created_at"
+        )
         out = []
         for r in rows:
             item = dict(r)
@@ -163,20 +215,14 @@ class SQLiteStore:
                 self.query("SELECT id FROM clients WHERE id=? AND revoked_at IS NULL", (client_id,))
             )
         sets = ", ".join(f"{k}=:{k}" for k in allowed)
-        with self._lock:
-            cur = self._db.execute(
-                f"UPDATE clients SET {sets} WHERE id=:_id AND revoked_at IS NULL",
-                {**allowed, "_id": client_id},
-            )
-        return cur.rowcount > 0
+        sql = f"UPDATE clients SET {sets} WHERE id=:_id AND revoked_at IS NULL"
+        params = {**allowed, "_id": client_id}
+        return self._write(lambda db: db.execute(sql, params).rowcount > 0)
 
     def revoke_client(self, client_id: str) -> bool:
-        with self._lock:
-            cur = self._db.execute(
-                "UPDATE clients SET revoked_at=? WHERE id=? AND revoked_at IS NULL",
-                (time.time(), client_id),
-            )
-        return cur.rowcount > 0
+        sql = "UPDATE clients SET revoked_at=? WHERE id=? AND revoked_at IS NULL"
+        params = (time.time(), client_id)
+        return self._write(lambda db: db.execute(sql, params).rowcount > 0)
 
 
 _LEDGER_COLUMNS = (
@@ -221,8 +267,8 @@ _ROWS_PER_INSERT = 400  # 8,000 bound values, under SQLite's limit (32,766 since
 
 
 def _write_ledger(db: sqlite3.Connection, rows: list[dict[str, Any]]) -> None:
-    """One transaction: the rows in multi-row INSERTs (one statement per 400 rows instead of one
-    per row: the GIL is released and retaken per statement, not per row), and the daily
+    """In the caller's transaction: the rows in multi-row INSERTs (one statement per 400 rows
+    instead of one per row: the GIL is released and retaken per statement), and the daily
     aggregates added once per (day, client, provider, model, key) instead of once per row. A
     row counts as an error when its status is >= 400 or it has an error code, unless the code
     says the client went away (client_closed)."""
@@ -255,18 +301,12 @@ def _write_ledger(db: sqlite3.Connection, rows: list[dict[str, Any]]) -> None:
             acc[7] += r["latency_ms"]
     cols = ", ".join(_LEDGER_COLUMNS)
     one = "(" + ", ".join("?" * len(_LEDGER_COLUMNS)) + ")"
-    db.execute("BEGIN")
-    try:
-        for i in range(0, len(rows), _ROWS_PER_INSERT):
-            chunk = rows[i : i + _ROWS_PER_INSERT]
-            values = list(itertools.chain.from_iterable(map(_LEDGER_VALUES, chunk)))
-            sql = f"INSERT OR IGNORE INTO ledger ({cols}) VALUES " + ", ".join([one] * len(chunk))
-            db.execute(sql, values)
-        db.executemany(_DAILY_ADD, [(*key, *acc) for key, acc in daily.items()])
-        db.execute("COMMIT")
-    except sqlite3.Error:
-        db.execute("ROLLBACK")
-        raise
+    for i in range(0, len(rows), _ROWS_PER_INSERT):
+        chunk = rows[i : i + _ROWS_PER_INSERT]
+        values = list(itertools.chain.from_iterable(map(_LEDGER_VALUES, chunk)))
+        sql = f"INSERT OR IGNORE INTO ledger ({cols}) VALUES " + ", ".join([one] * len(chunk))
+        db.execute(sql, values)
+    db.executemany(_DAILY_ADD, [(*key, *acc) for key, acc in daily.items()])
 
 
 def open_store(database_url: str) -> SQLiteStore:

@@ -15,6 +15,7 @@ from functools import lru_cache
 from typing import Any, Protocol
 
 log = logging.getLogger("relaygate.ledger")
+RETRY_MAX_S = 5.0
 CLIENT_CLOSED = "client_closed"  # the error code of a call whose client went away
 NOT_ERRORS = (CLIENT_CLOSED, "client_disconnected")  # (the code's name before 0.2)
 
@@ -117,6 +118,12 @@ class Ledger:
             self.dropped += 1
             if self._on_drop is not None:
                 self._on_drop(1)
+            if self.dropped == 1 or self.dropped % 10_000 == 0:
+                log.error(
+                    "ledger: the buffer of %d rows is full; %d oldest rows dropped so far",
+                    self.max_buffer,
+                    self.dropped,
+                )
         self._buffer.append(row)
 
     async def flush(self) -> bool:
@@ -140,11 +147,13 @@ class Ledger:
         return True
 
     async def run(self) -> None:
+        """Every `interval_s` while the database answers; after a failure, again with a backoff
+        that doubles up to RETRY_MAX_S, so the rows go in soon after the database is back."""
         backoff = self.interval_s
         while True:
             await asyncio.sleep(backoff)
             ok = await self.flush()
-            backoff = self.interval_s if ok else min(backoff * 2, 30.0)
+            backoff = self.interval_s if ok else min(max(backoff, 0.25) * 2, RETRY_MAX_S)
 
     async def close(self, attempts: int = 3) -> None:
         for _ in range(attempts):

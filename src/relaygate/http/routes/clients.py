@@ -3,7 +3,6 @@ revoke; and GET /current-key for the weekly rotating key. Store calls run in a w
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, TypeVar
 
 from fastapi import APIRouter
@@ -13,7 +12,7 @@ from starlette.responses import Response
 
 from relaygate.auth.weekly import current_key_info
 from relaygate.errors import InvalidRequest, NotFound
-from relaygate.http._common import gateway, json_response, read_json, require_admin
+from relaygate.http._common import db_call, gateway, json_response, read_json, require_admin
 
 router = APIRouter(tags=["admin"])
 _BODY_LIMIT = 64 * 1024
@@ -63,9 +62,9 @@ async def list_clients(request: Request) -> Response:
         }
         for c in gw.config.clients
     ]
-    issued = await asyncio.to_thread(gw.clients.issued)
+    issued = await db_call(gw.clients.issued)
     for item in issued:
-        item["spent_this_month_usd"] = round(gw.accounting.budgets.spent(item["name"]), 6)
+        item["spent_this_month_usd"] = round(gw.accounting.budgets.spent(item["id"]), 6)
     return json_response({"object": "list", "data": issued, "static": static})
 
 
@@ -77,7 +76,7 @@ async def create_client(request: Request) -> Response:
     if gw.store is None:
         raise InvalidRequest("Issued keys need a database (DATABASE_URL).")
     limits: dict[str, Any] = spec.model_dump(exclude={"name"}, exclude_none=True)
-    key, client = await asyncio.to_thread(gw.clients.issue, spec.name, **limits)
+    key, client = await db_call(gw.clients.issue, spec.name, **limits)
     return json_response({"key": key, "client": client}, status=201)
 
 
@@ -86,7 +85,7 @@ async def update_client(request: Request, client_id: str) -> Response:
     require_admin(request)
     spec = await _parse(request, ClientPatch)
     changes = spec.model_dump(exclude_unset=True)
-    changed = await asyncio.to_thread(gateway(request).clients.update, client_id, **changes)
+    changed = await db_call(gateway(request).clients.update, client_id, **changes)
     if changed is None:
         raise NotFound(f"No active client with id '{client_id}'.", param="client_id")
     return json_response({"client": changed})
@@ -95,7 +94,7 @@ async def update_client(request: Request, client_id: str) -> Response:
 @router.delete("/admin/clients/{client_id}", summary="Revoke a client key")
 async def revoke_client(request: Request, client_id: str) -> Response:
     require_admin(request)
-    if not await asyncio.to_thread(gateway(request).clients.revoke, client_id):
+    if not await db_call(gateway(request).clients.revoke, client_id):
         raise NotFound(f"No active client with id '{client_id}'.", param="client_id")
     return json_response({"id": client_id, "revoked": True})
 

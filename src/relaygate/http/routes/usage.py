@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
 from relaygate.errors import InvalidRequest
-from relaygate.http._common import gateway, json_response, require_admin
+from relaygate.http._common import db_call, gateway, json_response, require_admin
 from relaygate.usage.metrics import CONTENT_TYPE
 from relaygate.usage.reports import failures, usage_report
 
@@ -25,7 +23,7 @@ async def admin_usage(
     if gw.store is None:
         raise InvalidRequest("Usage reports need a database (DATABASE_URL).")
     await gw.accounting.ledger.flush()
-    report = await asyncio.to_thread(usage_report, gw.store, by=by, day=day, month=month)
+    report = await db_call(usage_report, gw.store, by=by, day=day, month=month)
     return json_response(report)
 
 
@@ -36,7 +34,7 @@ async def admin_failures(request: Request, limit: int = 50) -> Response:
     if gw.store is None:
         raise InvalidRequest("The failure log needs a database (DATABASE_URL).")
     await gw.accounting.ledger.flush()
-    rows = await asyncio.to_thread(failures, gw.store, limit=limit)
+    rows = await db_call(failures, gw.store, limit=limit)
     return json_response({"data": rows})
 
 
