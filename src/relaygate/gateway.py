@@ -194,7 +194,10 @@ class Gateway:
             await self.flush()
         except (sqlite3.Error, OSError) as exc:
             log.error("shutdown: key states could not be saved (%s)", type(exc).__name__)
-        await self.accounting.ledger.close()
+        ledger = self.accounting.ledger
+        await ledger.close()
+        if self._started:
+            log.info("stopped: %d ledger rows written, %d not", ledger.written, ledger.depth)
         if self._session is not None:
             await self._session.close()
             self._session = None

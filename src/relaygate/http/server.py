@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from collections.abc import Generator
 from typing import Any
 
 import httptools
@@ -191,6 +192,14 @@ class GatewayServer(uvicorn.Server):
         super().__init__(config)
         self.gateway = gateway
         self.grace_s = grace_s
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        """As uvicorn's, but a SIGTERM or SIGINT that ended in a clean shutdown is not raised
+        again afterwards: the process exits 0 (SPEC §8a), not killed by its own signal."""
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         drain = asyncio.create_task(self.gateway.drain(self.grace_s))
