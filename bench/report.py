@@ -260,6 +260,8 @@ def profile_lines(raw_path: Path, *, top: int = 25) -> list[str]:
     return out
 
 
+SOAK_START, SOAK_END = "<!-- soak:start -->", "<!-- soak:end -->"
+
 def write_report(raw: dict[str, Any], out: Path, *, bench_dir: Path) -> None:
     fg = Figures(raw)
     v = raw.get("versions", {})
@@ -361,7 +363,13 @@ def write_report(raw: dict[str, Any], out: Path, *, bench_dir: Path) -> None:
     lines += ["## Versions", ""] + [f"- {k}: {val}" for k, val in v.items()]
     if raw.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in raw["notes"]]
-    out.write_text("\n".join(lines) + "\n")
+    text = "\n".join(lines) + "\n"
+    if out.exists():  # the soak's section (bench/soak.py) is written by another run: keep it
+        old = out.read_text()
+        start, end = old.find(SOAK_START), old.find(SOAK_END)
+        if 0 <= start < end:
+            text += "\n" + old[start : end + len(SOAK_END)] + "\n"
+    out.write_text(text)
 
 
 def _rounded(d: dict[str, float] | None) -> str:
