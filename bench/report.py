@@ -262,6 +262,7 @@ def profile_lines(raw_path: Path, *, top: int = 25) -> list[str]:
 
 SOAK_START, SOAK_END = "<!-- soak:start -->", "<!-- soak:end -->"
 
+
 def write_report(raw: dict[str, Any], out: Path, *, bench_dir: Path) -> None:
     fg = Figures(raw)
     v = raw.get("versions", {})
