@@ -68,7 +68,9 @@ class Budgets:
         return Reservation(self, client_id, month, amount)
 
     def settle(self, reservation: Reservation, actual: float) -> None:
-        account = self._account(reservation.client_id, reservation.month)
+        account = self._accounts.get(reservation.client_id)
+        if account is None or account.month != reservation.month:
+            return  # made last month: that account is gone (its cost is in the ledger's row)
         account.reserved = max(0.0, account.reserved - reservation.amount)
         account.spent += actual
         self.dirty.add(reservation.client_id)

@@ -72,6 +72,7 @@ class Admitted:
         if self._window is not None and self._at is not None:
             with contextlib.suppress(ValueError):
                 self._window.requests.remove(self._at)
+            self._at = None  # once: a second cancel must not take another request's slot
         self.settle(0)
 
 
