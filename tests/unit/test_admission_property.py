@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from hypothesis import Phase, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -60,8 +60,6 @@ SETTINGS = settings(
     derandomize=True,
     database=None,
 )
-# The known-bug tests: no shrinking, so the expected failure costs no time.
-MONTHS_SETTINGS = settings(SETTINGS, phases=[Phase.explicit, Phase.generate])
 
 
 def _utc(*args: int) -> float:
@@ -250,7 +248,7 @@ def test_budgets_hold_for_any_interleaving() -> None:
 
 
 def test_budgets_hold_when_reservations_are_settled_in_a_later_month() -> None:
-    run_state_machine_as_test(BudgetAcrossMonthsMachine, settings=MONTHS_SETTINGS)
+    run_state_machine_as_test(BudgetAcrossMonthsMachine, settings=SETTINGS)
 
 
 @SETTINGS
@@ -284,7 +282,7 @@ def test_parallel_reservations_never_overspend(
     assert account is None or close(account.reserved, 0.0)
 
 
-@MONTHS_SETTINGS
+@SETTINGS
 @given(first=st.floats(0.01, 1.0), second=st.floats(0.01, 1.0), fraction=FRACTION)
 def test_settling_last_months_reservation_leaves_this_month_alone(
     first: float, second: float, fraction: float
