@@ -15,7 +15,7 @@ REDACTED = "[redacted]"
 
 # Secrets nobody told us about, by their shape: a URL's user:password@ and a bearer token.
 _URL_CREDENTIALS = re.compile(r"(?<=://)[^\s/@:]+:[^\s/@]*@")
-_BEARER = re.compile(r"(?i)(?<=bearer )[^\s\"',;]+")
+_BEARER = re.compile(r"(?i)(?<=bearer )[A-Za-z0-9._~+/=-]{8,}")  # RFC 6750's token68
 
 
 class Redactor:

@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -70,18 +71,20 @@ class RelaygateError(Exception):
             self.code = code
         self.headers: dict[str, str] = dict(headers or {})
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, redact: Callable[[str], str] | None = None) -> dict[str, Any]:
+        message = self.message if redact is None else redact(self.message)
         return {
             "error": {
-                "message": self.message,
+                "message": message,
                 "type": self.type,
                 "code": self.code,
                 "param": self.param,
             }
         }
 
-    def body(self) -> bytes:
-        return orjson.dumps(self.to_dict())
+    def body(self, redact: Callable[[str], str] | None = None) -> bytes:
+        """The answer's body; `redact` for messages that may repeat what a caller sent."""
+        return orjson.dumps(self.to_dict(redact))
 
     def sse_event(self) -> bytes:
         """The in-stream form (SPEC §8): one `data:` event; the stream then ends without [DONE]."""

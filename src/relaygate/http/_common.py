@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import sqlite3
@@ -146,21 +147,49 @@ def cancelled_by_us(scope: Scope, gw: Gateway) -> bool:
 
 
 DB_TIMEOUT_S = 2.0  # SPEC §8a: a read for an admin route or the status page, at most
+FRESH_S = 0.3  # of which a read waits at most this long for the ledger's latest rows
 T = TypeVar("T")
 
 
 async def db_call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """A database call for a route, in a worker thread: a 503 in the error format when the
-    database fails or does not answer within DB_TIMEOUT_S (the thread may finish later)."""
+    """A database read for a route, in a worker thread: a 503 in the error format when the
+    database fails or does not answer within DB_TIMEOUT_S (a read left running is harmless)."""
     return await bounded(asyncio.to_thread(fn, *args, **kwargs))
 
 
-async def bounded(work: Awaitable[T]) -> T:
+async def db_write(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """A database write for a route. It is awaited to its end (the store bounds its own waits,
+    storage/sqlite.py), so the answer says what happened: a 503 means nothing was written."""
     try:
-        async with asyncio.timeout(DB_TIMEOUT_S):
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    except sqlite3.IntegrityError:
+        raise InvalidRequest("The change conflicts with what is stored.") from None
+    except (sqlite3.Error, OSError) as exc:
+        _boundary_log.warning("database write failed: %s", type(exc).__name__)
+        raise _unavailable() from None
+
+
+async def fresh_read(gw: Gateway, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """A read that should include the latest requests: the ledger's buffer is written first
+    when that takes under FRESH_S (it is written every 250 ms anyway), all within DB_TIMEOUT_S."""
+    started = asyncio.get_running_loop().time()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(FRESH_S):
+            await gw.accounting.ledger.flush()  # cancel-safe: rows are never lost or doubled
+    left = DB_TIMEOUT_S - (asyncio.get_running_loop().time() - started)
+    return await bounded(asyncio.to_thread(fn, *args, **kwargs), left)
+
+
+async def bounded(work: Awaitable[T], seconds: float = DB_TIMEOUT_S) -> T:
+    try:
+        async with asyncio.timeout(seconds):
             return await work
     except (TimeoutError, sqlite3.Error, OSError) as exc:
         _boundary_log.warning("database call failed: %s", type(exc).__name__)
-        raise Unavailable(
-            "The database did not answer in time; try again.", code="database_unavailable"
-        ) from None
+        raise _unavailable() from None
+
+
+def _unavailable() -> Unavailable:
+    return Unavailable(
+        "The database did not answer in time; try again.", code="database_unavailable"
+    )

@@ -7,7 +7,7 @@ routes/chat.py gives (same headers, bodies and statuses), which stays for the Op
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 
 from starlette.types import Message, Receive, Scope, Send
 
@@ -53,7 +53,7 @@ class FastChat:
                 result, call = await self._open(scope, receive, rid)
             except RelaygateError as exc:
                 started = True
-                await _error(send, exc, rid)
+                await _error(send, exc, rid, self.gw.redact)
                 return
             except _ClientGone:
                 return
@@ -135,8 +135,10 @@ def _encoded(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
     return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
 
 
-async def _error(send: Send, exc: RelaygateError, rid: str) -> None:
-    body = exc.body()
+async def _error(
+    send: Send, exc: RelaygateError, rid: str, redact: Callable[[str], str] | None = None
+) -> None:
+    body = exc.body(redact)
     head = _encoded(exc.headers)
     if rid:
         head.append((b"x-request-id", rid.encode("latin-1")))

@@ -16,9 +16,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from relaygate.auth.first_key import ensure_first_client_key
 from relaygate.config.model import Config
-from relaygate.errors import InvalidRequest, RelaygateError
+from relaygate.errors import InvalidRequest, NotFound, RelaygateError
 from relaygate.gateway import Gateway
-from relaygate.http._common import cancelled_by_us, internal_error, request_id
+from relaygate.http._common import cancelled_by_us, gateway, internal_error, request_id
 from relaygate.http._fast import FastChat
 from relaygate.http.routes import admin, chat, clients, models, status, usage
 
@@ -63,6 +63,10 @@ class RelaygateApp(FastAPI):
         ):
             await self.fast_chat(scope, receive, send)
             return
+        if scope["type"] == "http" and not scope["path"].isprintable():
+            # a route pattern's `$` also matches before a trailing newline: no such path exists
+            await _not_found(send)
+            return
         try:
             await super().__call__(scope, receive, send)
         except asyncio.CancelledError:  # the client left (http/server.py), or shutdown ran out
@@ -73,9 +77,15 @@ class RelaygateApp(FastAPI):
 async def _relaygate_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RelaygateError)
     headers = {**exc.headers, "x-request-id": request_id(request)}
-    return Response(
-        exc.body(), status_code=exc.status, headers=headers, media_type="application/json"
-    )
+    body = exc.body(gateway(request).redact)  # messages may echo what the caller sent
+    return Response(body, status_code=exc.status, headers=headers, media_type="application/json")
+
+
+async def _not_found(send: Send) -> None:
+    body = NotFound("Not Found").body()
+    head = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": 404, "headers": head})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

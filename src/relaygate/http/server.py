@@ -109,10 +109,11 @@ class BoundedProtocol(HttpToolsProtocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
-            if isinstance(exc.__context__, _Refused):
-                self._refuse(exc.__context__)
-                return
-            raise
+            refusal = exc.__context__
+            if not isinstance(refusal, _Refused):  # uvicorn refused the target (CONNECT, ...)
+                refusal = _Refused(400, "invalid_request", "Invalid request target.")
+            self._refuse(refusal)
+            return
         except httptools.HttpParserUpgrade:
             self._refuse(_Refused(400, "invalid_request", "Protocol upgrades are not served."))
             return

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import orjson
+
 _BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _LINE = re.compile(rb"\r\n|\n|\r")
 MAX_EVENT_BYTES = 4 * 1024 * 1024
@@ -32,8 +34,22 @@ class SSEBuffer:
         return [p for p in parts if p]
 
     def flush(self) -> list[bytes]:
+        """At the end of the body: what is left is an event only when it is whole, an event
+        whose data is `[DONE]` or a complete JSON value (an upstream that ends without the
+        last blank line); a cut one is dropped, as SSE drops an unterminated event."""
         rest, self._buf = self._buf, b""
-        return [rest] if rest.strip() else []
+        if not rest.strip():
+            return []
+        _, data = parse_event(rest.rstrip(b"\r\n"))
+        if data is None:
+            return [rest]  # only comments or other fields: harmless to hand on
+        if data.strip() == b"[DONE]":
+            return [rest]
+        try:
+            orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return []
+        return [rest]
 
 
 def parse_event(block: bytes) -> tuple[bytes | None, bytes | None]:

@@ -25,6 +25,7 @@ from relaygate.usage.ledger import NOT_ERRORS
 log = logging.getLogger("relaygate.storage")
 T = TypeVar("T")
 BUSY_MS = 1000  # a write waits this long for a lock held elsewhere, then fails and is retried
+LOCK_WAIT_S = 1.0  # ...and this long for this process's other writes
 
 _KEY_COLUMNS = ("key_id", "provider", *KeyState.PERSISTED)
 _CLIENT_COLUMNS = (
@@ -115,8 +116,12 @@ class SQLiteStore:
             self._open()
 
     def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """`work` in one write transaction: committed whole, or rolled back and raised."""
-        with self._lock:
+        """`work` in one write transaction: committed whole, or rolled back and raised. Bounded
+        in time by itself (LOCK_WAIT_S for this process's lock, BUSY_MS for another's), so a
+        caller may wait for it to end and then answer with what really happened."""
+        if not self._lock.acquire(timeout=LOCK_WAIT_S):
+            raise sqlite3.OperationalError("database is busy (another write waits for its lock)")
+        try:
             self._check_file()
             db = self._db
             db.execute("BEGIN IMMEDIATE")
@@ -129,6 +134,8 @@ class SQLiteStore:
                         db.execute("ROLLBACK")
                 raise
             return out
+        finally:
+            self._lock.release()
 
     def _read(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> list[sqlite3.Row]:
         with self._read_lock:

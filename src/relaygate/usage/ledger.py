@@ -5,6 +5,7 @@ dropped and counted. A graceful shutdown flushes what is left."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sqlite3
 import time
@@ -133,10 +134,16 @@ class Ledger:
         async with self._lock:
             while self._buffer:
                 take = [self._buffer.popleft() for _ in range(min(self.batch, len(self._buffer)))]
+                write = asyncio.ensure_future(asyncio.to_thread(_write, self.sink, take))
                 try:
-                    await asyncio.to_thread(_write, self.sink, take)
+                    # the thread cannot be stopped: a cancelled flush leaves the write to finish
+                    # and its rows are counted, or put back, when it does (never lost, never twice)
+                    await asyncio.shield(write)
+                except asyncio.CancelledError:
+                    write.add_done_callback(functools.partial(self._settled, take))
+                    raise
                 except (sqlite3.Error, OSError) as exc:
-                    self._buffer.extendleft(reversed(take))
+                    self._settled(take, write)
                     log.warning(
                         "ledger write failed (%s); %d rows wait",
                         type(exc).__name__,
@@ -145,6 +152,12 @@ class Ledger:
                     return False
                 self.written += len(take)
         return True
+
+    def _settled(self, rows: list[LedgerRow], write: asyncio.Future[None]) -> None:
+        if write.cancelled() or write.exception() is not None:
+            self._buffer.extendleft(reversed(rows))
+        else:
+            self.written += len(rows)
 
     async def run(self) -> None:
         """Every `interval_s` while the database answers; after a failure, again with a backoff

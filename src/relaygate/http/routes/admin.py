@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import sqlite3
+
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
 from relaygate.errors import NotFound
-from relaygate.http._common import gateway, json_response, require_admin
+from relaygate.http._common import DB_TIMEOUT_S, gateway, json_response, require_admin
 
 router = APIRouter(tags=["admin"])
+log = logging.getLogger("relaygate.admin")
 
 
 @router.get("/admin/keys", summary="Upstream key states")
@@ -25,7 +30,11 @@ async def _set_key(request: Request, key_id: str, enable: bool) -> Response:
         key = pool.find(key_id)
         if key is not None:
             pool.enable(key) if enable else pool.disable(key)
-            await gw.flush()
+            try:  # in force now; saved now, or by the next flush when the database is away
+                async with asyncio.timeout(DB_TIMEOUT_S):
+                    await gw.flush()
+            except (TimeoutError, sqlite3.Error, OSError) as exc:
+                log.warning("key state not saved yet (%s): saved later", type(exc).__name__)
             return json_response({"key": key.public(pool.clock())})
     raise NotFound(f"No upstream key with id '{key_id}'.", param="key_id")
 

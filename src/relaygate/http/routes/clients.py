@@ -12,7 +12,14 @@ from starlette.responses import Response
 
 from relaygate.auth.weekly import current_key_info
 from relaygate.errors import InvalidRequest, NotFound
-from relaygate.http._common import db_call, gateway, json_response, read_json, require_admin
+from relaygate.http._common import (
+    db_call,
+    db_write,
+    gateway,
+    json_response,
+    read_json,
+    require_admin,
+)
 
 router = APIRouter(tags=["admin"])
 _BODY_LIMIT = 64 * 1024
@@ -21,20 +28,27 @@ _BODY_LIMIT = 64 * 1024
 M = TypeVar("M", bound=BaseModel)
 
 
+_MAX_LIMIT = 10**12  # any real limit fits; SQLite's integers end at 2**63
+
+
 class ClientLimits(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    rpm: int | None = Field(default=None, ge=1)
-    tpm: int | None = Field(default=None, ge=1)
-    monthly_budget_usd: float | None = Field(default=None, ge=0)
+    rpm: int | None = Field(default=None, ge=1, le=_MAX_LIMIT)
+    tpm: int | None = Field(default=None, ge=1, le=_MAX_LIMIT)
+    monthly_budget_usd: float | None = Field(default=None, ge=0, le=_MAX_LIMIT, allow_inf_nan=False)
     models: list[str] | None = None
 
 
+_NAME = r"^[^\x00-\x1f\x7f]+$"  # no control characters: names go to tables and reports
+
+
 class ClientCreate(ClientLimits):
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=200, pattern=_NAME)
 
 
 class ClientPatch(ClientLimits):
-    name: str | None = Field(default=None, min_length=1, max_length=200)
+    # absent: unchanged; never null
+    name: str = Field(default="", min_length=1, max_length=200, pattern=_NAME)
 
 
 async def _parse(request: Request, model: type[M]) -> M:
@@ -76,7 +90,7 @@ async def create_client(request: Request) -> Response:
     if gw.store is None:
         raise InvalidRequest("Issued keys need a database (DATABASE_URL).")
     limits: dict[str, Any] = spec.model_dump(exclude={"name"}, exclude_none=True)
-    key, client = await db_call(gw.clients.issue, spec.name, **limits)
+    key, client = await db_write(gw.clients.issue, spec.name, **limits)
     return json_response({"key": key, "client": client}, status=201)
 
 
@@ -85,7 +99,7 @@ async def update_client(request: Request, client_id: str) -> Response:
     require_admin(request)
     spec = await _parse(request, ClientPatch)
     changes = spec.model_dump(exclude_unset=True)
-    changed = await db_call(gateway(request).clients.update, client_id, **changes)
+    changed = await db_write(gateway(request).clients.update, client_id, **changes)
     if changed is None:
         raise NotFound(f"No active client with id '{client_id}'.", param="client_id")
     return json_response({"client": changed})
@@ -94,7 +108,7 @@ async def update_client(request: Request, client_id: str) -> Response:
 @router.delete("/admin/clients/{client_id}", summary="Revoke a client key")
 async def revoke_client(request: Request, client_id: str) -> Response:
     require_admin(request)
-    if not await db_call(gateway(request).clients.revoke, client_id):
+    if not await db_write(gateway(request).clients.revoke, client_id):
         raise NotFound(f"No active client with id '{client_id}'.", param="client_id")
     return json_response({"id": client_id, "revoked": True})
 

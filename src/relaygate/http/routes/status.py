@@ -17,8 +17,7 @@ from starlette.responses import HTMLResponse, Response
 
 from relaygate.gateway import Gateway
 from relaygate.http._common import (
-    bounded,
-    db_call,
+    fresh_read,
     gateway,
     is_admin,
     json_response,
@@ -136,8 +135,7 @@ async def _public_numbers(request: Request, store: SQLiteStore, now: float) -> d
     if cached is not None and 0 <= now - cached[0] < CACHE_S:
         numbers: dict[str, Any] = cached[1]
         return numbers
-    await bounded(gateway(request).accounting.ledger.flush())
-    numbers = await db_call(public_numbers, store, now)
+    numbers = await fresh_read(gateway(request), public_numbers, store, now)
     state.dashboard_numbers = (now, numbers)
     return numbers
 
@@ -166,6 +164,5 @@ async def admin_dashboard(request: Request) -> Response:
     data: dict[str, Any] = {"now": now, "spend_by_client": None, "failures": []}
     store = gw.store
     if store is not None:
-        await bounded(gw.accounting.ledger.flush())
-        data = await db_call(admin_numbers, store, now)
+        data = await fresh_read(gw, admin_numbers, store, now)
     return json_response(data, headers={"cache-control": "no-store"})

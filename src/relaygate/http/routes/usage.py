@@ -7,7 +7,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from relaygate.errors import InvalidRequest
-from relaygate.http._common import db_call, gateway, json_response, require_admin
+from relaygate.http._common import fresh_read, gateway, json_response, require_admin
 from relaygate.usage.metrics import CONTENT_TYPE
 from relaygate.usage.reports import failures, usage_report
 
@@ -22,8 +22,7 @@ async def admin_usage(
     gw = gateway(request)
     if gw.store is None:
         raise InvalidRequest("Usage reports need a database (DATABASE_URL).")
-    await gw.accounting.ledger.flush()
-    report = await db_call(usage_report, gw.store, by=by, day=day, month=month)
+    report = await fresh_read(gw, usage_report, gw.store, by=by, day=day, month=month)
     return json_response(report)
 
 
@@ -33,8 +32,7 @@ async def admin_failures(request: Request, limit: int = 50) -> Response:
     gw = gateway(request)
     if gw.store is None:
         raise InvalidRequest("The failure log needs a database (DATABASE_URL).")
-    await gw.accounting.ledger.flush()
-    rows = await db_call(failures, gw.store, limit=limit)
+    rows = await fresh_read(gw, failures, gw.store, limit=limit)
     return json_response({"data": rows})
 
 
