@@ -20,13 +20,8 @@ from relaygate.accounting import Accounting, Call, new_request_id
 from relaygate.auth.clients import ClientInfo, ClientRegistry
 from relaygate.config.load import load_config
 from relaygate.config.model import Config, ProviderConfig
-from relaygate.errors import (
-    InvalidRequest,
-    RelaygateError,
-    Unavailable,
-    UpstreamError,
-    UpstreamTimeout,
-)
+from relaygate.errors import InvalidRequest, RelaygateError, UpstreamError, UpstreamTimeout
+from relaygate.inflight import SHUTTING_DOWN, Inflight, outcome
 from relaygate.keys.pool import KeyPool
 from relaygate.providers import registry
 from relaygate.providers._http import UpstreamClient
@@ -43,16 +38,6 @@ log = logging.getLogger("relaygate.gateway")
 FLUSH_EVERY_S = 1.0
 PRUNE_EVERY_S = 3600.0
 LIBRARY_ROUTE = "library"
-SHUTTING_DOWN = Unavailable("The gateway is shutting down; retry.", code="shutting_down")
-
-
-def _outcome(exc: BaseException, *, closing: bool) -> tuple[int, str | None, int]:
-    """(status, error code, attempts) of a call that ended with `exc`, for its ledger row."""
-    if isinstance(exc, RelaygateError):
-        return exc.status, exc.code, int(exc.headers.get("x-relaygate-attempts", 0))
-    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
-        return (503, SHUTTING_DOWN.code, 0) if closing else (499, CLIENT_CLOSED, 0)
-    return 500, "internal_error", 0
 
 
 def build_providers(config: Config) -> dict[str, Provider]:
@@ -113,8 +98,7 @@ class Gateway:
         self._upstream: UpstreamClient | None = None
         self._upstream_loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._inflight: set[asyncio.Task[Any]] = set()
-        self.closing = False  # the shutdown grace ran out: what is left is being ended
+        self.inflight = Inflight()  # the requests a shutdown waits for, then ends
         self._started = False
         if self.store is not None:
             rows = self.store.load_key_states()
@@ -262,7 +246,7 @@ class Gateway:
                 est_tokens=call.prompt_estimate,
             )
         except BaseException as exc:
-            status, code, attempts = _outcome(exc, closing=self.closing)
+            status, code, attempts = outcome(exc, closing=self.inflight.closing)
             self.accounting.finish(
                 call,
                 target=plan[0] if plan else None,
@@ -328,7 +312,7 @@ class Gateway:
             yield UpstreamError("The upstream connection was lost mid-stream.").sse_event()
         except asyncio.CancelledError:
             task = asyncio.current_task()
-            if not (self.closing and task is not None and task.uncancel() == 0):
+            if not (self.inflight.closing and task is not None and task.uncancel() == 0):
                 error_code = CLIENT_CLOSED
                 raise
             error_code = SHUTTING_DOWN.code  # the grace ran out: end with an error event
@@ -366,27 +350,6 @@ class Gateway:
                 error_code=code,
                 usage=usage,
                 attempts=started.attempts,
-            )
-
-    # --- shutdown -------------------------------------------------------------------------------
-    def track(self, task: asyncio.Task[Any]) -> None:
-        """A task serving one proxied request, to be ended when the shutdown grace runs out."""
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
-
-    async def drain(self, grace_s: float) -> None:
-        """Shutdown (SPEC §8a): in-flight requests get `grace_s` to finish; then each one left is
-        cancelled, which ends a stream with an error event and answers a waiting request 503."""
-        deadline = time.monotonic() + grace_s
-        while self._inflight and (remaining := deadline - time.monotonic()) > 0:
-            await asyncio.wait(set(self._inflight), timeout=remaining)
-        self.closing = True
-        left = [task for task in self._inflight if not task.done()]
-        for task in left:
-            task.cancel()
-        if left:
-            log.warning(
-                "shutdown: %d request(s) still running after %.0f s were ended", len(left), grace_s
             )
 
     # --- the library API (SPEC §12) -------------------------------------------------------------

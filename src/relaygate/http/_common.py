@@ -137,7 +137,7 @@ def cancelled_by_us(scope: Scope, gw: Gateway) -> bool:
     """Whether the current task's cancellation is the gateway's own doing (the client went away,
     or the shutdown grace ran out) rather than the server's: if so it is taken back here and the
     request ends quietly (no 'Exception in ASGI application')."""
-    if not (scope.get(GONE) or gw.closing):
+    if not (scope.get(GONE) or gw.inflight.closing):
         return False
     task = asyncio.current_task()
     if task is not None:

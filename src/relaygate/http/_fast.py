@@ -14,9 +14,10 @@ from starlette.types import Message, Receive, Scope, Send
 from relaygate.accounting import Call, new_request_id
 from relaygate.auth.clients import extract_key
 from relaygate.errors import InvalidRequest, PayloadTooLarge, RelaygateError, Unauthorized
-from relaygate.gateway import SHUTTING_DOWN, Gateway
+from relaygate.gateway import Gateway
 from relaygate.http._common import cancelled_by_us, internal_error, parse_json
 from relaygate.http.routes import chat
+from relaygate.inflight import SHUTTING_DOWN
 from relaygate.routing.attempts import Completed, StreamStarted
 
 _JSON = (b"content-type", b"application/json")
@@ -46,7 +47,7 @@ class FastChat:
         started = False
         task = asyncio.current_task()
         if task is not None:
-            self.gw.track(task)
+            self.gw.inflight.track(task)
         try:
             rid = new_request_id()
             try:
@@ -77,7 +78,7 @@ class FastChat:
         except asyncio.CancelledError:
             if not cancelled_by_us(scope, self.gw):
                 raise
-            if self.gw.closing and not started:
+            if self.gw.inflight.closing and not started:
                 await _error(send, SHUTTING_DOWN, "")
         except Exception as exc:  # noqa: BLE001 (the ASGI boundary: log, answer, no traceback)
             await internal_error(scope, send, exc, started=started)

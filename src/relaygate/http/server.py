@@ -203,7 +203,7 @@ class GatewayServer(uvicorn.Server):
             self._captured_signals.clear()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        drain = asyncio.create_task(self.gateway.drain(self.grace_s))
+        drain = asyncio.create_task(self.gateway.inflight.drain(self.grace_s))
         try:
             await super().shutdown(sockets)
         finally:
