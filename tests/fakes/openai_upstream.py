@@ -193,18 +193,7 @@ class FakeOpenAI(Scripted[Reply]):
                 await asyncio.sleep(reply.chunk_delay_s)
             await send(chunk({"content": piece}))
         finish = chunk({}, reply.finish_reason or ("tool_calls" if reply.tool_calls else "stop"))
-        usage = {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-            "completion_tokens_details": {
-                "reasoning_tokens": 0,
-                "audio_tokens": 0,
-                "accepted_prediction_tokens": 0,
-                "rejected_prediction_tokens": 0,
-            },
-        }
+        usage = usage_object(prompt, completion)
         if reply.groq_usage:
             finish["x_groq"] = {"id": "req_x", "usage": usage}
         await send(finish)
@@ -239,6 +228,22 @@ def _pieces(body: dict[str, Any], reply: Reply) -> tuple[list[str], int, int]:
     return pieces, prompt, completion
 
 
+def usage_object(prompt: int, completion: int) -> dict[str, Any]:
+    """OpenAI's usage object, as chat completions and their last stream chunk carry it."""
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    }
+
+
 def _completion(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
     pieces, prompt, completion = _pieces(body, reply)
     message: dict[str, Any] = {
@@ -271,18 +276,7 @@ def _completion(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
                 or ("tool_calls" if reply.tool_calls else "stop"),
             }
         ],
-        "usage": {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-            "completion_tokens_details": {
-                "reasoning_tokens": 0,
-                "audio_tokens": 0,
-                "accepted_prediction_tokens": 0,
-                "rejected_prediction_tokens": 0,
-            },
-        },
+        "usage": usage_object(prompt, completion),
         "service_tier": "default",
         "system_fingerprint": None,
     }

@@ -62,7 +62,7 @@ import pytest
 from relaygate.auth.clients import static_id
 from tests.conftest import ADMIN_SECRET, CLIENT_KEY, LiveGateway
 from tests.fakes._server import ThreadLoop, free_port
-from tests.fakes.openai_upstream import FakeOpenAI, Reply
+from tests.fakes.openai_upstream import FakeOpenAI, Reply, usage_object
 
 MODEL = "up/gpt-4o-mini"
 UP_KEYS = ["sk-faults-up-aaaa-000000000001", "sk-faults-up-bbbb-000000000002"]
@@ -1142,18 +1142,7 @@ _SSE_HEAD_CLOSE = _SSE_HEAD[:-2] + b"connection: close\r\n\r\n"
 
 
 def _usage(completion: int) -> dict[str, Any]:
-    return {
-        "prompt_tokens": 20,
-        "completion_tokens": completion,
-        "total_tokens": 20 + completion,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-        "completion_tokens_details": {
-            "reasoning_tokens": 0,
-            "audio_tokens": 0,
-            "accepted_prediction_tokens": 0,
-            "rejected_prediction_tokens": 0,
-        },
-    }
+    return usage_object(20, completion)
 
 
 def _completion(model: str, text: str, completion: int = 10) -> dict[str, Any]:

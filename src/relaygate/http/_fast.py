@@ -54,7 +54,7 @@ class FastChat:
                 result, call = await self._open(scope, receive, rid)
             except RelaygateError as exc:
                 started = True
-                await _error(send, exc, rid, self.gw.redact)
+                await answer_error(send, exc, rid, self.gw.redact)
                 return
             except _ClientGone:
                 return
@@ -79,7 +79,7 @@ class FastChat:
             if not cancelled_by_us(scope, self.gw):
                 raise
             if self.gw.inflight.closing and not started:
-                await _error(send, SHUTTING_DOWN, "")
+                await answer_error(send, SHUTTING_DOWN, "")
         except Exception as exc:  # noqa: BLE001 (the ASGI boundary: log, answer, no traceback)
             await internal_error(scope, send, exc, started=started)
 
@@ -136,9 +136,11 @@ def _encoded(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
     return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
 
 
-async def _error(
+async def answer_error(
     send: Send, exc: RelaygateError, rid: str, redact: Callable[[str], str] | None = None
 ) -> None:
+    """An error answer in the SPEC's shape, as raw ASGI sends (also the app's 404 for a path
+    with control characters); `rid` empty: no x-request-id."""
     body = exc.body(redact)
     head = _encoded(exc.headers)
     if rid:

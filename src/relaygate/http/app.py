@@ -19,7 +19,7 @@ from relaygate.config.model import Config
 from relaygate.errors import InvalidRequest, NotFound, RelaygateError
 from relaygate.gateway import Gateway
 from relaygate.http._common import cancelled_by_us, gateway, internal_error, request_id
-from relaygate.http._fast import FastChat
+from relaygate.http._fast import FastChat, answer_error
 from relaygate.http.routes import admin, chat, clients, models, status, usage
 
 
@@ -65,7 +65,7 @@ class RelaygateApp(FastAPI):
             return
         if scope["type"] == "http" and not scope["path"].isprintable():
             # a route pattern's `$` also matches before a trailing newline: no such path exists
-            await _not_found(send)
+            await answer_error(send, NotFound("Not Found"), "")
             return
         try:
             await super().__call__(scope, receive, send)
@@ -79,13 +79,6 @@ async def _relaygate_error(request: Request, exc: Exception) -> Response:
     headers = {**exc.headers, "x-request-id": request_id(request)}
     body = exc.body(gateway(request).redact)  # messages may echo what the caller sent
     return Response(body, status_code=exc.status, headers=headers, media_type="application/json")
-
-
-async def _not_found(send: Send) -> None:
-    body = NotFound("Not Found").body()
-    head = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    await send({"type": "http.response.start", "status": 404, "headers": head})
-    await send({"type": "http.response.body", "body": body})
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

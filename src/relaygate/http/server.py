@@ -15,10 +15,10 @@ from collections.abc import Generator
 from typing import Any
 
 import httptools
-import orjson
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from relaygate.errors import InvalidRequest
 from relaygate.gateway import Gateway
 from relaygate.http._common import GONE
 
@@ -36,16 +36,7 @@ class _Refused(Exception):
 
 
 def _answer(status: int, code: str, message: str) -> bytes:
-    body = orjson.dumps(
-        {
-            "error": {
-                "message": message,
-                "type": "invalid_request_error",
-                "code": code,
-                "param": None,
-            }
-        }
-    )
+    body = InvalidRequest(message, code=code).body()  # the SPEC's shape, type invalid_request_error
     return b"".join(
         (
             b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status]),
