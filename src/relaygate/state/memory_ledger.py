@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from operator import attrgetter
 
 from relaygate.state.protocols import NOT_ERRORS
@@ -25,7 +25,9 @@ from relaygate.state.records import (
     UsageRow,
 )
 
-_TS = attrgetter("ts")
+_ORDER: Callable[[LedgerRecord], tuple[float, str]] = attrgetter(
+    "ts", "id"
+)  # the rows' order: newest last, equal times by id
 _FIELD = {"client": 1, "provider": 2, "model": 3, "key": 4}  # in an aggregate's key
 
 
@@ -74,7 +76,7 @@ _Key = tuple[str, str, str, str, str]  # day, client id, provider, model, key id
 class MemoryLedger:
     def __init__(self, max_rows: int = 100_000) -> None:
         self.max_rows = max_rows
-        self._rows: list[LedgerRecord] = []  # by ts
+        self._rows: list[LedgerRecord] = []  # by (ts, id)
         self._ids: set[str] = set()
         self._daily: dict[_Key, _Daily] = {}
 
@@ -87,10 +89,10 @@ class MemoryLedger:
             if row.id in ids:
                 continue  # written before (a retried batch)
             ids.add(row.id)
-            if not rows_by_ts or rows_by_ts[-1].ts <= row.ts:
+            if not rows_by_ts or _ORDER(rows_by_ts[-1]) <= (row.ts, row.id):
                 rows_by_ts.append(row)
             else:
-                bisect.insort_right(rows_by_ts, row, key=_TS)
+                bisect.insort_right(rows_by_ts, row, key=_ORDER)
             key = (
                 row.day, row.client_id or "", row.provider or "", row.model or "", row.key_id or ""
             )  # fmt: skip
@@ -150,7 +152,7 @@ class MemoryLedger:
         return out
 
     def _since(self, since_ts: float) -> list[LedgerRecord]:
-        return self._rows[bisect.bisect_left(self._rows, since_ts, key=_TS) :]
+        return self._rows[bisect.bisect_left(self._rows, (since_ts, ""), key=_ORDER) :]
 
     async def minutes(self, since_ts: float) -> list[MinuteRow]:
         found: dict[int, list[float]] = {}
@@ -202,7 +204,7 @@ class MemoryLedger:
     async def latencies(self, since_ts: float, limit: int) -> list[LatencySample]:
         out: list[LatencySample] = []
         rows = self._rows
-        first = bisect.bisect_left(rows, since_ts, key=_TS)
+        first = bisect.bisect_left(rows, (since_ts, ""), key=_ORDER)
         for i in range(len(rows) - 1, first - 1, -1):
             if len(out) >= limit:
                 break
@@ -220,12 +222,17 @@ class MemoryLedger:
         top = heapq.nsmallest(
             max(0, limit),
             counts.items(),
-            key=lambda item: (-item[1], item[0][0], item[0][1] or "", item[0][2] or ""),
+            key=lambda item: (
+                -item[1],
+                item[0][0],
+                _nulls_first(item[0][1]),
+                _nulls_first(item[0][2]),
+            ),
         )
         return [ErrorCount(status, code, provider, n) for (status, code, provider), n in top]
 
     async def prune(self, before_ts: float) -> int:
-        cut = bisect.bisect_left(self._rows, before_ts, key=_TS)
+        cut = bisect.bisect_left(self._rows, (before_ts, ""), key=_ORDER)
         for row in self._rows[:cut]:
             self._ids.discard(row.id)
         del self._rows[:cut]
@@ -240,6 +247,10 @@ def _failure(r: LedgerRecord) -> FailureRow:
         r.id, r.ts, r.client, r.route, r.provider, r.model, r.key_id, r.status, r.error_code,
         r.latency_ms, r.attempts,
     )  # fmt: skip
+
+
+def _nulls_first(text: str | None) -> tuple[bool, str]:
+    return (text is not None, text or "")
 
 
 def _latest_name(parts: list[_Daily]) -> str:
