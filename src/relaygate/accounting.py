@@ -1,9 +1,11 @@
 """What happens around each proxied call: admission (allowed models, client rate limits, budget
-reservation) before it, and settlement after it (real cost, real tokens, one ledger row,
-metrics). Refusals are counted in metrics, not written to the ledger (SPEC §9)."""
+reservation, one call to the state seam's Admissions) before it, and settlement after it (real
+cost, real tokens, one ledger row, metrics). Refusals are counted in metrics, not written to the
+ledger (SPEC §9)."""
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -13,13 +15,12 @@ from typing import Any
 from relaygate.auth.clients import ClientInfo
 from relaygate.chat_fields import output_tokens
 from relaygate.config.model import Config
-from relaygate.errors import BudgetExceeded, ModelNotAllowed, RelaygateError
+from relaygate.errors import BudgetExceeded, ModelNotAllowed, RateLimitExceeded, RelaygateError
 from relaygate.keys.pool import KeyPool
-from relaygate.limits.budgets import Budgets, Reservation, month_of
 from relaygate.limits.pricing import Pricing, Rates
-from relaygate.limits.ratelimit import Admitted, RateLimiter
 from relaygate.providers.base import Provider
-from relaygate.storage.sqlite import SQLiteStore
+from relaygate.state.protocols import Admissions, LedgerStore
+from relaygate.state.records import Admission, AdmitRequest
 from relaygate.types import Target, Usage
 from relaygate.usage.ledger import Ledger, LedgerRow
 from relaygate.usage.metrics import Metrics
@@ -45,9 +46,7 @@ class Call:
     prompt_estimate: int
     ts: float = field(default_factory=time.time)
     t0: float = field(default_factory=time.perf_counter)
-    headers: dict[str, str] = field(default_factory=dict)
-    admitted: Admitted | None = None
-    reservation: Reservation | None = None
+    admission: Admission | None = None
     ttft_ms: int | None = None
     done: bool = False
 
@@ -66,19 +65,18 @@ class Accounting:
     def __init__(
         self,
         config: Config,
-        store: SQLiteStore | None,
+        admissions: Admissions,
+        ledger: LedgerStore | None,
         providers: Mapping[str, Provider],
         pools: Callable[[], Iterable[KeyPool]],
-        clock: Callable[[], float] = time.time,
         known: Callable[[Target], bool] = lambda target: True,
     ) -> None:
         self.config = config
         self.providers = providers
         self.known = known  # metrics label a model it does not know as `other` (SPEC §8a)
         self.pricing = Pricing(config.pricing)
-        self.limiter = RateLimiter(clock)
-        self.budgets = Budgets(clock)
-        sink = store if (store is not None and config.ledger.enabled) else None
+        self.admissions = admissions
+        sink = ledger if config.ledger.enabled else None
         self.ledger = Ledger(
             sink,
             max_buffer=config.ledger.max_buffer_rows,
@@ -88,9 +86,6 @@ class Accounting:
         self.metrics = Metrics(pools, lambda: self.ledger.depth)
         self._children: dict[tuple[str, str, str, int], _Children] = {}
         self.reports = DailyReports.from_config(config)  # a bad `reports:` stops start-up
-        if store is not None:
-            for client, spent in store.month_spend(month_of(clock())).items():
-                self.budgets.load(client, month_of(clock()), spent)
 
     def rates(self, target: Target) -> Rates:
         provider = self.providers[target.provider]
@@ -99,7 +94,9 @@ class Accounting:
     def refused(self, reason: str) -> None:
         self.metrics.refusals.labels(reason).inc()
 
-    def admit(self, call: Call, body: Mapping[str, Any], plan: list[Target]) -> None:
+    async def admit(self, call: Call, body: Mapping[str, Any], plan: list[Target]) -> None:
+        """Allowed models, then the client's rate windows and budget in one call to the state
+        seam; a refusal raises (429 / 403) and takes nothing."""
         client = call.client
         if client is None:
             return
@@ -108,27 +105,43 @@ class Accounting:
             raise ModelNotAllowed(
                 f"This key may not use the model '{body.get('model')}'.", param="model"
             )
-        out_tokens = output_tokens(body, self.config.limits.default_max_output_tokens)
-        try:
-            call.admitted = self.limiter.admit(
-                client.id,
-                rpm=client.rpm,
-                tpm=client.tpm,
-                est_tokens=call.prompt_estimate + out_tokens,
-            )
-        except RelaygateError:
-            self.refused("rate_limit")
-            raise
-        call.headers.update(call.admitted.headers)
-        if client.monthly_budget_usd is None:
+        budget = client.monthly_budget_usd
+        if client.rpm is None and client.tpm is None and budget is None:
             return
-        worst = max(self.rates(t).worst_case(call.prompt_estimate, out_tokens) for t in plan)
-        try:
-            call.reservation = self.budgets.reserve(client.id, client.monthly_budget_usd, worst)
-        except BudgetExceeded:
-            call.admitted.cancel()
+        out_tokens = output_tokens(body, self.config.limits.default_max_output_tokens)
+        worst = 0.0
+        if budget is not None:
+            worst = max(self.rates(t).worst_case(call.prompt_estimate, out_tokens) for t in plan)
+        admission = await self.admissions.admit(
+            AdmitRequest(
+                client.id, client.rpm, client.tpm, call.prompt_estimate + out_tokens, budget, worst
+            )
+        )
+        call.admission = admission
+        if admission.allowed:
+            return
+        if admission.refused == "budget":
             self.refused("budget")
-            raise
+            error: RelaygateError = BudgetExceeded(
+                f"Monthly budget of ${budget or 0:.2f} reached for this key "
+                f"(${admission.budget_left_usd:.6f} left, this request may cost up to "
+                f"${worst:.6f})."
+            )
+            error.admission = admission
+            raise error
+        self.refused("rate_limit")
+        wait = max(1, math.ceil(admission.retry_after_s))
+        what, limit = (
+            ("requests", admission.rpm)
+            if admission.refused == "requests"
+            else ("tokens", admission.tpm)
+        )
+        error = RateLimitExceeded(
+            f"Rate limit of {limit} {what} per minute reached for this key; retry in {wait} s.",
+            headers={"retry-after": str(wait)},
+        )
+        error.admission = admission
+        raise error
 
     def finish(
         self,
@@ -148,10 +161,8 @@ class Accounting:
         latency = time.perf_counter() - call.t0
         usage = usage or Usage()
         cost = self.rates(target).cost(usage) if target is not None else 0.0
-        if call.reservation is not None:
-            call.reservation.settle(cost)
-        if call.admitted is not None:
-            call.admitted.settle(usage.total_tokens)
+        if call.admission is not None and call.admission.allowed:
+            self.admissions.settle(call.admission, usage.total_tokens, cost)
         provider = target.provider if target else ""
         model = "" if target is None else target.model if self.known(target) else "other"
         self.ledger.record(

@@ -55,6 +55,7 @@ class RelaygateError(Exception):
     status: int = 500
     type: str = "server_error"
     code: str | None = "internal_error"
+    admission: Any = None  # a refusal by the client's limits: the numbers its headers show
 
     def __init__(
         self,

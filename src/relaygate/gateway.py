@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
@@ -20,9 +19,17 @@ from relaygate.accounting import Accounting, Call, new_request_id
 from relaygate.auth.clients import ClientInfo, ClientRegistry
 from relaygate.config.load import load_config
 from relaygate.config.model import Config, ProviderConfig
-from relaygate.errors import InvalidRequest, RelaygateError, UpstreamError, UpstreamTimeout
+from relaygate.errors import (
+    ConfigError,
+    InvalidRequest,
+    RelaygateError,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from relaygate.inflight import SHUTTING_DOWN, Inflight, outcome
+from relaygate.keys import policy
 from relaygate.keys.pool import KeyPool
+from relaygate.keys.sync import KeySync
 from relaygate.providers import registry
 from relaygate.providers._http import UpstreamClient
 from relaygate.providers._sse import EventTooLarge, SSEBuffer, parse_event
@@ -30,13 +37,16 @@ from relaygate.providers.base import Provider
 from relaygate.routing.attempts import AttemptLoop, Completed, StreamStarted
 from relaygate.routing.deadlines import Watchdog
 from relaygate.routing.router import Router
-from relaygate.storage.sqlite import SQLiteStore, open_store
+from relaygate.state import State, StateSettings, StateUnavailable, open_state
+from relaygate.state.protocols import LedgerStore
+from relaygate.state.records import utc_day
 from relaygate.types import Failure, Target, Usage
 from relaygate.usage.ledger import CLIENT_CLOSED
 
 log = logging.getLogger("relaygate.gateway")
 FLUSH_EVERY_S = 1.0
 PRUNE_EVERY_S = 3600.0
+STARTUP_READ_S = 5.0  # each start-up read from the state store, and each shutdown write
 LIBRARY_ROUTE = "library"
 
 
@@ -45,6 +55,15 @@ def build_providers(config: Config) -> dict[str, Provider]:
     if not specs:  # a newcomer's first call works with no provider key at all
         specs = {registry.FALLBACK: ProviderConfig(type=registry.FALLBACK)}
     return {name: registry.create(name, spec) for name, spec in specs.items()}
+
+
+def state_settings(config: Config, persist: bool = True) -> StateSettings:
+    """Where state lives, from the config's DATABASE_URL, REDIS_URL and cache bounds."""
+    return StateSettings(
+        database_url=config.database_url if persist else "memory://",
+        redis_url=config.redis_url,
+        cache_max_entries=config.cache.max_entries,
+    )
 
 
 def _estimated(prompt: int, completion: int) -> Usage:
@@ -68,10 +87,23 @@ class Gateway:
             for name, p in self.providers.items()
         }
         self.router = Router(self.config.routing, self.providers)
-        self.store: SQLiteStore | None = open_store(self.config.database_url) if persist else None
-        self.clients = ClientRegistry(self.config, self.store)
+        self.persist = persist  # False: state in memory only (the library's throwaway gateway)
+        try:
+            self.state: State = open_state(state_settings(self.config, persist), policy.apply)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        except (StateUnavailable, OSError) as exc:
+            reason = str(exc) if isinstance(exc, StateUnavailable) else type(exc).__name__
+            raise ConfigError(f"DATABASE_URL: the database cannot be opened ({reason})") from None
+        self.keysync = KeySync(self.pools, self.state.keys, self.state.shared)
+        self.clients = ClientRegistry(self.config, self.state.clients)
         self.accounting = Accounting(
-            self.config, self.store, self.providers, self.pools.values, known=self.router.is_known
+            self.config,
+            self.state.admissions,
+            self.state.ledger if persist else None,
+            self.providers,
+            self.pools.values,
+            known=self.router.is_known,
         )
         attempts_metric = self.accounting.metrics.attempts
         attempt_counters: dict[tuple[str, str], Any] = {}  # providers x outcomes: bounded
@@ -100,11 +132,11 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
         self.inflight = Inflight()  # the requests a shutdown waits for, then ends
         self._started = False
-        if self.store is not None:
-            rows = self.store.load_key_states()
-            for pool in self.pools.values():
-                pool.restore(rows)
-            self.clients.reload()
+
+    @property
+    def ledger_store(self) -> LedgerStore | None:
+        """Where reports and the dashboard read the ledger; None for a gateway without one."""
+        return self.state.ledger if self.persist else None
 
     @classmethod
     def from_env(cls, config_path: str | None = None, **kwargs: Any) -> Gateway:
@@ -133,13 +165,31 @@ class Gateway:
         return self._session
 
     async def start(self) -> None:
+        """Restore what the state seam holds (key states, issued clients, this month's spend)
+        and start the background work. A store that does not answer costs a warning, never the
+        start: the gateway serves with what it has and catches up when the store returns."""
         if self._started:
             return
         self._started = True
-        if self.store is not None:
-            self._tasks.append(asyncio.create_task(self._background()))
+        steps = [self.keysync.restore(), self.clients.reload()]
+        if self.persist:
+            steps.append(self._seed_spend())
+        for step in steps:
+            try:
+                await asyncio.wait_for(step, STARTUP_READ_S)
+            except (StateUnavailable, TimeoutError) as exc:
+                log.warning("start-up: the state store did not answer (%s)", type(exc).__name__)
+        self._tasks.append(asyncio.create_task(self._background()))
+        if self.state.shared is not None:
+            self._tasks.append(asyncio.create_task(self.keysync.run()))
+        if self.persist:
             self._tasks.append(asyncio.create_task(self.accounting.ledger.run()))
             self._tasks.extend(self.accounting.reports.start(self))
+
+    async def _seed_spend(self) -> None:
+        month = utc_day(time.time())[:7]
+        spend = await self.state.ledger.month_spend(month)
+        await self.state.admissions.seed_spend(month, spend)
 
     async def _background(self) -> None:
         last_prune = 0.0
@@ -147,26 +197,17 @@ class Gateway:
             await asyncio.sleep(FLUSH_EVERY_S)
             try:
                 await self.flush()
-                await asyncio.to_thread(self.clients.reload)
-                if self.store is not None and time.time() - last_prune > PRUNE_EVERY_S:
+                await self.clients.reload()
+                if self.persist and time.time() - last_prune > PRUNE_EVERY_S:
                     last_prune = time.time()
                     cutoff = last_prune - self.config.ledger.retention_days * 86400
-                    await asyncio.to_thread(self.store.prune_ledger, cutoff)
+                    await self.state.ledger.prune(cutoff)
             except Exception as exc:  # noqa: BLE001 (a background loop logs and goes on)
                 log.warning("background flush failed: %s", type(exc).__name__)
 
     async def flush(self) -> None:
         """Key states changed since the last flush; kept for the next one when the write fails."""
-        taken = [(pool, pool.take_dirty()) for pool in self.pools.values()]
-        rows = [row for _, part in taken for row in part]
-        if not rows or self.store is None:
-            return
-        try:
-            await self.store.asave_key_states(rows)
-        except BaseException:
-            for pool, part in taken:
-                pool.mark_dirty(row["key_id"] for row in part)
-            raise
+        await self.keysync.flush()
 
     async def aclose(self) -> None:
         for task in self._tasks:
@@ -175,23 +216,23 @@ class Gateway:
                 await task
         self._tasks.clear()
         try:  # a database that fails now costs a log line, never a traceback or a hang
-            await self.flush()
-        except (sqlite3.Error, OSError) as exc:
+            await asyncio.wait_for(self.keysync.sync(), STARTUP_READ_S)
+            await asyncio.wait_for(self.flush(), STARTUP_READ_S)
+        except (StateUnavailable, OSError, TimeoutError) as exc:
             log.error("shutdown: key states could not be saved (%s)", type(exc).__name__)
         ledger = self.accounting.ledger
         await ledger.close()
         if self._started:
             log.info("stopped: %d ledger rows written, %d not", ledger.written, ledger.depth)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.state.admissions.flush(), STARTUP_READ_S)
         if self._session is not None:
             await self._session.close()
             self._session = None
         if self._upstream is not None:
             await self._upstream.close()
             self._upstream = None
-        if self.store is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self.store.close()
-            self.store = None
+        await self.state.aclose()
         self._started = False
 
     async def __aenter__(self) -> Gateway:
@@ -202,7 +243,7 @@ class Gateway:
         await self.aclose()
 
     # --- requests -------------------------------------------------------------------------------
-    def begin(
+    async def begin(
         self,
         body: dict[str, Any],
         *,
@@ -212,6 +253,8 @@ class Gateway:
         request_id: str | None = None,
     ) -> tuple[Call, list[Target]]:
         """Validate, route and admit one request (allowed models, rate limits, budget)."""
+        if not self._started:
+            await self.start()
         try:
             chat_fields.check(body)
         except InvalidRequest:
@@ -227,7 +270,7 @@ class Gateway:
         size = raw_size if raw_size is not None else len(orjson.dumps(messages))
         prompt = int(size / self.config.limits.prompt_bytes_per_token) + 1
         call = Call(request_id or new_request_id(), route, client, bool(body.get("stream")), prompt)
-        self.accounting.admit(call, body, plan)
+        await self.accounting.admit(call, body, plan)
         return call, plan
 
     async def open_chat(
@@ -358,7 +401,7 @@ class Gateway:
     ) -> dict[str, Any]:
         """One chat completion, OpenAI-shaped, through the same routing, pools and retries."""
         body = {**params, "messages": messages or params.get("messages"), "stream": False}
-        call, plan = self.begin(body, client=None, route=LIBRARY_ROUTE)
+        call, plan = await self.begin(body, client=None, route=LIBRARY_ROUTE)
         result = await self.open_chat(body, call, plan)
         assert isinstance(result, Completed)
         out: dict[str, Any] = orjson.loads(result.body)
@@ -369,7 +412,7 @@ class Gateway:
     ) -> AsyncIterator[dict[str, Any]]:
         """Yields OpenAI chat.completion.chunk dicts; raises on an error before the first chunk."""
         body = {**params, "messages": messages or params.get("messages"), "stream": True}
-        call, plan = self.begin(body, client=None, route=LIBRARY_ROUTE)
+        call, plan = await self.begin(body, client=None, route=LIBRARY_ROUTE)
         started = await self.open_chat(body, call, plan)
         assert isinstance(started, StreamStarted)
         sse = SSEBuffer()

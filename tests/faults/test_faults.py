@@ -60,6 +60,7 @@ import openai
 import pytest
 
 from relaygate.auth.clients import static_id
+from relaygate.state.memory_admissions import utc_month
 from tests.conftest import ADMIN_SECRET, CLIENT_KEY, LiveGateway
 from tests.fakes._server import ThreadLoop, free_port
 from tests.fakes.openai_upstream import FakeOpenAI, Reply, usage_object
@@ -417,7 +418,7 @@ def check_daily(path: Path) -> None:
 
 def wait_reservations_settled(live: LiveGateway, timeout: float = 3.0) -> dict[str, float]:
     """Reserved USD per client id, once all are ~0 or after `timeout`."""
-    budgets = live.gateway.accounting.budgets
+    budgets = live.gateway.accounting.admissions
     deadline = time.monotonic() + timeout
     while True:
         reserved = {cid: a.reserved for cid, a in list(budgets._accounts.items())}
@@ -439,7 +440,7 @@ def check_budgets(
     assert not left, f"reservations never settled (USD reserved per client id): {left}"
     for key, budget in budgets.items():
         cid = static_id(key)
-        spent = live.gateway.accounting.budgets.spent(cid)
+        spent = spent_now(live, cid)
         worst = max((worst_case(s.req) for s in sent if s.req.key == key), default=0.0)
         assert spent <= budget + worst + 1e-9, f"{cid} spent {spent} of a {budget} budget"
         if rows is not None:
@@ -1531,3 +1532,9 @@ def test_client_leaves_right_after_sending(live_gateway, upstream, how):
     )
     assert all(r["cost_usd"] == 0 for r in rows)
     check_after_leaving(live, sent, others_sent)
+
+
+def spent_now(live: Any, client_id: str) -> float:
+    """The client's settled spend this month, as the gateway's admissions hold it."""
+    month = utc_month(time.time())
+    return float(asyncio.run(live.gateway.accounting.admissions.spent(client_id, month)))

@@ -168,7 +168,7 @@ def test_a_key_revoked_from_the_cli_stops_working_within_a_second(
     live_gateway, fake_openai, tmp_path
 ):
     gw = setup(live_gateway, fake_openai, [])
-    key, client = gw.gateway.clients.issue("cli-app")
+    key, client = asyncio.run(gw.gateway.clients.issue("cli-app"))
     assert chat(gw, key).status_code == 200
     env = clean_env(DATABASE_URL=f"sqlite:///{gw.db_path}")
     done = subprocess.run(

@@ -14,7 +14,8 @@ from relaygate import Gateway
 from relaygate.auth.clients import ClientRegistry, extract_key, generate_key, hash_key
 from relaygate.config.model import Config
 from relaygate.errors import ModelNotFound
-from relaygate.storage.sqlite import open_store
+from relaygate.keys.policy import apply
+from relaygate.state.sqlite import open_sqlite
 from tests.integration._proc import clean_env
 
 URLSAFE = re.compile(r"[A-Za-z0-9_-]+")
@@ -186,20 +187,20 @@ def test_static_keys_authenticate_by_hash():
     assert "rg-static-key-0001" not in repr(found)
 
 
-def test_issued_keys_follow_the_auth_config_and_are_stored_hashed(tmp_path):
+async def test_issued_keys_follow_the_auth_config_and_are_stored_hashed(tmp_path):
     config = Config.model_validate({"auth": {"key_prefix": "fwd_", "key_length": 24}})
     db = tmp_path / "keys.db"
-    store = open_store(f"sqlite:///{db}")
+    store = open_sqlite(f"sqlite:///{db}", apply)
     try:
-        registry = ClientRegistry(config, store)
-        key, public = registry.issue("app2", rpm=10)
+        registry = ClientRegistry(config, store.clients)
+        key, public = await registry.issue("app2", rpm=10)
         assert key.startswith("fwd_") and len(key) == 28 and URLSAFE.fullmatch(key[4:])
         assert "key_hash" not in public and key not in str(public)
         found = registry.authenticate(key)
         assert found is not None and found.name == "app2" and found.source == "issued"
         assert registry.authenticate(key + "x") is None
     finally:
-        store.close()
+        await store.aclose()
     with sqlite3.connect(db) as conn:
         dump = "\n".join(conn.iterdump())
     assert key not in dump and hash_key(key) in dump

@@ -1,6 +1,6 @@
-"""Client keys: static ones from the config and environment, issued ones from the store (stored as
-SHA-256 hashes). Lookups are a hash and a dict probe in memory; the store is re-read every second
-so a revocation made elsewhere takes effect within a second."""
+"""Client keys: static ones from the config and environment, issued ones from the state seam's
+Clients (stored as SHA-256 hashes). Lookups are a hash and a dict probe in memory; the issued
+clients are re-read every second so a revocation made elsewhere takes effect within a second."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from typing import Any
 
 from relaygate.auth.weekly import is_current
 from relaygate.config.model import Config
-from relaygate.storage.sqlite import SQLiteStore
+from relaygate.state.protocols import Clients
+from relaygate.state.records import ClientChanges, ClientRecord
 
 
 def _utcnow() -> datetime:
@@ -58,9 +59,37 @@ class ClientInfo:
 WEEKLY_CLIENT = ClientInfo(id="weekly", name="weekly-key", source="weekly")
 
 
+def public(record: ClientRecord) -> dict[str, Any]:
+    """An issued client as the admin may see it: never its hash."""
+    return {
+        "id": record.id,
+        "name": record.name,
+        "key_hint": record.key_hint,
+        "rpm": record.rpm,
+        "tpm": record.tpm,
+        "monthly_budget_usd": record.monthly_budget_usd,
+        "models": list(record.models) if record.models is not None else None,
+        "created_at": record.created_at,
+        "revoked_at": record.revoked_at,
+    }
+
+
+def _info(record: ClientRecord) -> ClientInfo:
+    return ClientInfo(
+        id=record.id,
+        name=record.name,
+        source="issued",
+        key_hash=record.key_hash,
+        rpm=record.rpm,
+        tpm=record.tpm,
+        monthly_budget_usd=record.monthly_budget_usd,
+        models=record.models,
+    )
+
+
 class ClientRegistry:
     def __init__(
-        self, config: Config, store: SQLiteStore | None, clock: Callable[[], datetime] = _utcnow
+        self, config: Config, store: Clients | None, clock: Callable[[], datetime] = _utcnow
     ) -> None:
         self._config = config
         self._store = store
@@ -80,22 +109,11 @@ class ClientRegistry:
         self._issued: dict[str, ClientInfo] = {}
         self._loaded_at = 0.0
 
-    def reload(self) -> None:
+    async def reload(self) -> None:
         if self._store is None:
             return
-        issued: dict[str, ClientInfo] = {}
-        for row in self._store.list_clients(include_revoked=False):
-            issued[row["key_hash"]] = ClientInfo(
-                id=row["id"],
-                name=row["name"],
-                source="issued",
-                key_hash=row["key_hash"],
-                rpm=row["rpm"],
-                tpm=row["tpm"],
-                monthly_budget_usd=row["monthly_budget_usd"],
-                models=tuple(row["models"]) if row["models"] is not None else None,
-            )
-        self._issued = issued
+        records = await self._store.list(include_revoked=False)
+        self._issued = {r.key_hash: _info(r) for r in records}
         self._loaded_at = time.monotonic()
 
     def has_any(self) -> bool:
@@ -117,43 +135,53 @@ class ClientRegistry:
             return WEEKLY_CLIENT
         return None
 
-    def issued(self) -> list[dict[str, Any]]:
+    async def issued(self) -> list[dict[str, Any]]:
         """Issued clients as anyone with the admin secret may see them: never a hash."""
         if self._store is None:
             return []
-        return [
-            {k: v for k, v in row.items() if k != "key_hash"} for row in self._store.list_clients()
-        ]
+        return [public(r) for r in await self._store.list()]
 
-    def update(self, client_id: str, **limits: Any) -> dict[str, Any] | None:
+    async def update(self, client_id: str, **limits: Any) -> dict[str, Any] | None:
         assert self._store is not None
-        if not self._store.update_client(client_id, limits):
-            return None
-        self.reload()
-        return next((c for c in self.issued() if c["id"] == client_id), None)
+        if "models" in limits and limits["models"] is not None:
+            limits["models"] = tuple(limits["models"])
+        changes = ClientChanges(fields=frozenset(limits) & ClientChanges.ALLOWED, **limits)
+        record = await self._store.update(client_id, changes)
+        await self.reload()
+        return None if record is None else public(record)
 
-    def revoke(self, client_id: str) -> bool:
+    async def revoke(self, client_id: str) -> bool:
         assert self._store is not None
-        done = self._store.revoke_client(client_id)
-        self.reload()
+        done = await self._store.revoke(client_id)
+        await self.reload()
         return done
 
-    def issue(self, name: str, **limits: Any) -> tuple[str, dict[str, Any]]:
+    async def issue(
+        self,
+        name: str,
+        *,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        monthly_budget_usd: float | None = None,
+        models: list[str] | None = None,
+    ) -> tuple[str, dict[str, Any]]:
         """Create a client key; the plain key is returned once and only its hash is stored."""
         assert self._store is not None
         key = generate_key(self._config.auth.key_prefix, self._config.auth.key_length)
-        row = {
-            "id": uuid.uuid4().hex[:12],
-            "name": name,
-            "key_hash": hash_key(key),
-            "key_hint": key[: len(self._config.auth.key_prefix) + 4] + "...",
-            "created_at": time.time(),
-            **{k: v for k, v in limits.items() if v is not None},
-        }
-        self._store.insert_client(row)
-        self.reload()
-        public = {k: v for k, v in row.items() if k != "key_hash"}
-        return key, public
+        record = ClientRecord(
+            id=uuid.uuid4().hex[:12],
+            name=name,
+            key_hash=hash_key(key),
+            key_hint=key[: len(self._config.auth.key_prefix) + 4] + "...",
+            created_at=time.time(),
+            rpm=rpm,
+            tpm=tpm,
+            monthly_budget_usd=monthly_budget_usd,
+            models=tuple(models) if models is not None else None,
+        )
+        await self._store.insert(record)
+        await self.reload()
+        return key, public(record)
 
 
 def extract_key(headers: Mapping[str, str]) -> str | None:

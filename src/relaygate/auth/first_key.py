@@ -24,12 +24,16 @@ def _box(key: str) -> str:
     return "\n".join([top, *body, top])
 
 
-def ensure_first_client_key(
+async def ensure_first_client_key(
     gw: Gateway, *, announce: Callable[[str], None] | None = None
 ) -> str | None:
-    if gw.store is None or gw.clients.has_any():
+    """After the gateway started (its issued clients are loaded). Replicas starting together
+    on one store create one key between them: the one that claims it first."""
+    if not gw.persist or gw.clients.has_any():
         return None
-    key, _ = gw.clients.issue("default")
+    if not await gw.state.claims.claim("first-client-key", 100 * 365 * 86400.0):
+        return None
+    key, _ = await gw.clients.issue("default")
     (announce or _print)(_box(key))
     return key
 

@@ -3,8 +3,11 @@ store the server uses (so a revocation here takes effect in a running server wit
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.table import Table
@@ -12,12 +15,29 @@ from rich.table import Table
 from relaygate.auth.clients import ClientRegistry
 from relaygate.auth.weekly import current_key_info
 from relaygate.config.model import Config
-from relaygate.storage.sqlite import open_store
+from relaygate.gateway import state_settings
+from relaygate.keys import policy
+from relaygate.state import State, open_state
 from relaygate.usage.reports import usage_report
+
+T = TypeVar("T")
 
 
 def _when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts)) if ts else "-"
+
+
+def with_state(config: Config, work: Callable[[State], Awaitable[T]]) -> T:
+    """Run `work` on the state the server uses (the same DATABASE_URL and REDIS_URL)."""
+
+    async def go() -> T:
+        state = open_state(state_settings(config), policy.apply)
+        try:
+            return await work(state)
+        finally:
+            await state.aclose()
+
+    return asyncio.run(go())
 
 
 def create_key(
@@ -29,25 +49,20 @@ def create_key(
     budget: float | None,
     models: list[str] | None,
 ) -> None:
-    store = open_store(config.database_url)
-    try:
-        registry = ClientRegistry(config, store)
-        key, client = registry.issue(
+    async def work(state: State) -> tuple[str, dict[str, Any]]:
+        registry = ClientRegistry(config, state.clients)
+        return await registry.issue(
             name, rpm=rpm, tpm=tpm, monthly_budget_usd=budget, models=models
         )
-    finally:
-        store.close()
+
+    key, client = with_state(config, work)
     console = Console()
     console.print(f"client [bold]{client['name']}[/bold] (id {client['id']}): its key, shown once:")
     console.print(key, markup=False, highlight=False, soft_wrap=True)
 
 
 def list_keys(config: Config) -> None:
-    store = open_store(config.database_url)
-    try:
-        rows = store.list_clients()
-    finally:
-        store.close()
+    rows = with_state(config, lambda state: state.clients.list())
     table = Table(title="issued client keys")
     for col in (
         "id",
@@ -63,25 +78,21 @@ def list_keys(config: Config) -> None:
         table.add_column(col)
     for r in rows:
         table.add_row(
-            r["id"],
-            r["name"],
-            r["key_hint"],
-            str(r["rpm"] or "-"),
-            str(r["tpm"] or "-"),
-            str(r["monthly_budget_usd"] or "-"),
-            ", ".join(r["models"] or []) or "all",
-            _when(r["created_at"]),
-            _when(r["revoked_at"]),
+            r.id,
+            r.name,
+            r.key_hint,
+            str(r.rpm or "-"),
+            str(r.tpm or "-"),
+            str(r.monthly_budget_usd or "-"),
+            ", ".join(r.models or []) or "all",
+            _when(r.created_at),
+            _when(r.revoked_at),
         )
     Console().print(table)
 
 
 def revoke_key(config: Config, client_id: str) -> bool:
-    store = open_store(config.database_url)
-    try:
-        return store.revoke_client(client_id)
-    finally:
-        store.close()
+    return with_state(config, lambda state: state.clients.revoke(client_id))
 
 
 def print_current_key(config: Config) -> None:
@@ -96,11 +107,9 @@ def print_report(
     config: Config, *, by: str, day: str | None, month: str | None, send: bool = False
 ) -> bool:
     """Print the table; with `send`, also send the report. False when a delivery failed."""
-    store = open_store(config.database_url)
-    try:
-        report = usage_report(store, by=by, day=day, month=month)
-    finally:
-        store.close()
+    report = with_state(
+        config, lambda state: usage_report(state.ledger, by=by, day=day, month=month)
+    )
     table = Table(title=f"usage {report['period']} by {by}")
     for col in (
         "name",

@@ -64,7 +64,8 @@ def _serve(
     cfg = _load(config, {"server": {k: v for k, v in server.items() if v is not None}})
     if cfg.server.workers > 1 and not cfg.redis_url:
         raise _fail(
-            "--workers > 1 needs shared state: set REDIS_URL (SPEC §11), or run one worker."
+            f"--workers {cfg.server.workers} needs the workers to share their limits, budgets "
+            "and key states: set REDIS_URL=redis://host:6379/0, or run one worker."
         )
     import uvicorn
 
@@ -88,6 +89,17 @@ def _serve(
             os.environ["RELAYGATE_CONFIG"] = config
         uvicorn.run("relaygate.http.app:app_from_env", factory=True, reload=True, **common)
         return
+    if cfg.server.workers > 1:
+        from relaygate._logging import Redactor
+        from relaygate.http.workers import serve_workers
+
+        redactor = Redactor(cfg.secrets())
+        setup_logging(cfg.server.log_level, json=cfg.server.log_json, redactor=redactor)
+        overrides = {"server": {k: v for k, v in server.items() if v is not None}}
+        code = serve_workers(
+            cfg.server.workers, cfg.server.host, cfg.server.port, config, overrides
+        )
+        raise typer.Exit(code)
     try:
         gw = Gateway(cfg)
     except ConfigError as exc:

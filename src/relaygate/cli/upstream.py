@@ -98,6 +98,7 @@ def run_check(config: Config) -> int:
 
     async def main() -> list[CheckResult]:
         try:
+            await gw.keysync.restore()  # what it finds is written over what is stored
             return await _check_all(gw, console)
         finally:
             await gw.aclose()

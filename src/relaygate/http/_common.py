@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -25,6 +24,7 @@ from relaygate.errors import (
     Unavailable,
 )
 from relaygate.gateway import Gateway
+from relaygate.state import StateUnavailable
 
 
 def gateway(request: Request) -> Gateway:
@@ -151,25 +151,25 @@ FRESH_S = 0.3  # of which a read waits at most this long for the ledger's latest
 T = TypeVar("T")
 
 
-async def db_call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """A database read for a route, in a worker thread: a 503 in the error format when the
-    database fails or does not answer within DB_TIMEOUT_S (a read left running is harmless)."""
-    return await bounded(asyncio.to_thread(fn, *args, **kwargs))
+async def db_call(work: Awaitable[T]) -> T:
+    """A read from the state store for a route: a 503 in the error format when the store fails
+    or does not answer within DB_TIMEOUT_S."""
+    return await bounded(work)
 
 
-async def db_write(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """A database write for a route. It is awaited to its end (the store bounds its own waits,
-    storage/sqlite.py), so the answer says what happened: a 503 means nothing was written."""
+async def db_write(work: Awaitable[T]) -> T:
+    """A write to the state store for a route. It is awaited to its end (every backend bounds
+    its own waits), so the answer says what happened: a 503 means nothing was written."""
     try:
-        return await asyncio.to_thread(fn, *args, **kwargs)
-    except sqlite3.IntegrityError:
+        return await work
+    except ValueError:
         raise InvalidRequest("The change conflicts with what is stored.") from None
-    except (sqlite3.Error, OSError) as exc:
+    except (StateUnavailable, OSError) as exc:
         _boundary_log.warning("database write failed: %s", type(exc).__name__)
         raise _unavailable() from None
 
 
-async def fresh_read(gw: Gateway, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+async def fresh_read(gw: Gateway, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
     """A read that should include the latest requests: the ledger's buffer is written first
     when that takes under FRESH_S (it is written every 250 ms anyway), all within DB_TIMEOUT_S."""
     started = asyncio.get_running_loop().time()
@@ -177,14 +177,14 @@ async def fresh_read(gw: Gateway, fn: Callable[..., T], *args: Any, **kwargs: An
         async with asyncio.timeout(FRESH_S):
             await gw.accounting.ledger.flush()  # cancel-safe: rows are never lost or doubled
     left = DB_TIMEOUT_S - (asyncio.get_running_loop().time() - started)
-    return await bounded(asyncio.to_thread(fn, *args, **kwargs), left)
+    return await bounded(fn(*args, **kwargs), left)
 
 
 async def bounded(work: Awaitable[T], seconds: float = DB_TIMEOUT_S) -> T:
     try:
         async with asyncio.timeout(seconds):
             return await work
-    except (TimeoutError, sqlite3.Error, OSError) as exc:
+    except (TimeoutError, StateUnavailable, OSError) as exc:
         _boundary_log.warning("database call failed: %s", type(exc).__name__)
         raise _unavailable() from None
 

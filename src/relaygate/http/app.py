@@ -109,8 +109,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        ensure_first_client_key(gw, announce=announce)
         await gw.start()
+        await ensure_first_client_key(gw, announce=announce)
         try:
             yield
         finally:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+from relaygate.config.model import RetryConfig
 from relaygate.state.records import KeyEvent, KeyRecord, Rules, utc_day
 
 
@@ -69,12 +70,12 @@ def apply(record: KeyRecord, event: KeyEvent, now: float, rules: Rules) -> KeyRe
     return r
 
 
-def rules_from(retry: object) -> Rules:
-    """The transition numbers of a `retries:` config section (any object with its fields)."""
+def rules_from(retry: RetryConfig) -> Rules:
+    """The transition numbers of the config's `retries:` section."""
     return Rules(
-        default_cooldown_s=float(getattr(retry, "default_cooldown_s", 60.0)),
-        exhausted_default_s=float(getattr(retry, "exhausted_default_s", 3600.0)),
-        failure_threshold=int(getattr(retry, "failure_threshold", 3)),
-        failure_cooldown_s=float(getattr(retry, "failure_cooldown_s", 30.0)),
-        failure_cooldown_max_s=float(getattr(retry, "failure_cooldown_max_s", 600.0)),
+        default_cooldown_s=retry.default_cooldown_s,
+        exhausted_default_s=retry.exhausted_default_s,
+        failure_threshold=retry.failure_threshold,
+        failure_cooldown_s=retry.failure_cooldown_s,
+        failure_cooldown_max_s=retry.failure_cooldown_max_s,
     )

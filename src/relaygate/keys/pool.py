@@ -1,5 +1,7 @@
 """One pool per provider: selection (round robin / least used), proactive per-key limits, and the
-key states of SPEC §4 (ready, cooling, exhausted, invalid) driven by classified failures."""
+key states of SPEC §4 (ready, cooling, exhausted, invalid) driven by classified failures through
+the transition rules of keys/policy.py. Selection is in memory; with a shared store (Redis) the
+pool also queues what happened as KeyEvents and merges the shared records back (keys/sync.py)."""
 
 from __future__ import annotations
 
@@ -8,27 +10,20 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import Any, Literal
+from typing import Any
 
 from relaygate.config.model import KeyLimits, KeySpec, RetryConfig
+from relaygate.keys import policy
+from relaygate.state.records import EventKind, KeyEvent, KeyRecord, KeyStateName, utc_day
 from relaygate.types import Failure, Usage
 
 log = logging.getLogger("relaygate.keys")
 
-State = Literal["ready", "cooling", "exhausted", "invalid"]
+State = KeyStateName
 NO_KEY = "nokey"
-COOLING_CAP_S = 3600.0  # SPEC §8a: no upstream answer parks a key for longer than this...
-EXHAUSTED_CAP_S = 48 * 3600.0  # ...or, for a spent quota, than this
-
-
-def _wait(value: float | None, default: float, cap: float) -> float:
-    """A cooldown from an upstream's word: the default unless finite and positive, then capped."""
-    if value is None or not math.isfinite(value) or value <= 0:
-        value = default
-    return min(value, cap)
+MAX_EVENTS = 100_000  # queued for the shared store between two syncs (a sync runs every 0.25 s)
 
 
 def key_id(provider: str, key: str | None, label: str | None = None) -> str:
@@ -38,16 +33,6 @@ def key_id(provider: str, key: str | None, label: str | None = None) -> str:
     if not key:
         return f"{provider}:{NO_KEY}"
     return f"{provider}:{hashlib.sha256(key.encode()).hexdigest()[:8]}"
-
-
-def utc_day(now: float) -> str:
-    """The UTC date of `now` (asked on every key selection, so computed once per day)."""
-    return _day_label(int(now // 86400))
-
-
-@lru_cache(maxsize=8)
-def _day_label(day_number: int) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(day_number * 86400))
 
 
 @dataclass(eq=False)
@@ -67,6 +52,10 @@ class KeyState:
     tokens_total: int = 0
     last_429_at: float = 0.0
     window: deque[tuple[float, int]] = field(default_factory=deque, repr=False)
+    # since the last sync with a shared store: uses and tokens not yet sent, a state change
+    pend_requests: int = 0
+    pend_tokens: int = 0
+    pend_state: bool = False
 
     def public(self, now: float) -> dict[str, Any]:
         """The state as anyone may see it: key id only, never the key."""
@@ -83,30 +72,31 @@ class KeyState:
             "tokens_total": self.tokens_total,
         }
 
-    PERSISTED = (
-        "state",
-        "until",
-        "reason",
-        "fail_streak",
-        "next_cooldown_s",
-        "day",
-        "requests_today",
-        "tokens_today",
-        "requests_total",
-        "tokens_total",
-    )
+    def record(self) -> KeyRecord:
+        return KeyRecord(
+            self.key_id,
+            self.provider,
+            self.state,
+            self.until,
+            self.reason,
+            self.fail_streak,
+            self.next_cooldown_s,
+            self.day,
+            self.requests_today,
+            self.tokens_today,
+            self.requests_total,
+            self.tokens_total,
+        )
 
-    def to_row(self) -> dict[str, Any]:
-        return {
-            "key_id": self.key_id,
-            "provider": self.provider,
-            **{name: getattr(self, name) for name in self.PERSISTED},
-        }
-
-    def restore(self, row: dict[str, Any]) -> None:
-        for name in self.PERSISTED:
-            if name in row and row[name] is not None:
-                setattr(self, name, row[name])
+    def load(self, rec: KeyRecord) -> None:
+        self.state, self.until, self.reason = rec.state, rec.until, rec.reason
+        self.fail_streak, self.next_cooldown_s = rec.fail_streak, rec.next_cooldown_s
+        self.day, self.requests_today, self.tokens_today = (
+            rec.day,
+            rec.requests_today,
+            rec.tokens_today,
+        )
+        self.requests_total, self.tokens_total = rec.requests_total, rec.tokens_total
 
 
 class Lease:
@@ -160,7 +150,10 @@ class KeyPool:
         self.paused_until = 0.0
         self._cursor = 0
         self._windowed = self.limits.rpm is not None or self.limits.tpm is not None
+        self.rules = policy.rules_from(self.retry)
         self.dirty: set[KeyState] = set()
+        self.events: list[KeyEvent] | None = None  # a list when a shared store is in use
+        self.pause_out: float | None = None  # a provider pause not yet sent to it
 
     # --- selection ------------------------------------------------------------------------------
     def acquire(self, est_tokens: int = 0) -> Lease | None:
@@ -185,6 +178,9 @@ class KeyPool:
         if self._windowed:  # the 60 s window is kept only for per-key rpm / tpm limits
             chosen.window.append((now, est_tokens))
         self.dirty.add(chosen)
+        if self.events is not None:
+            chosen.pend_requests += 1
+            self._event(chosen, "used")
         return Lease(self, chosen)
 
     def _usable(self, key: KeyState, now: float, est_tokens: int) -> bool:
@@ -232,13 +228,29 @@ class KeyPool:
         return max(0.0, key.window[0][0] + 60 - now) if key.window else 0.0
 
     # --- outcomes -------------------------------------------------------------------------------
+    def _event(self, key: KeyState, kind: EventKind, **detail: Any) -> KeyEvent:
+        event = KeyEvent(key.key_id, self.provider, kind, **detail)
+        if self.events is not None and len(self.events) < MAX_EVENTS:
+            self.events.append(event)
+        return event
+
+    def _apply(self, key: KeyState, event: KeyEvent) -> None:
+        """A state change by the transition rules (the shared store applies the same event)."""
+        key.load(policy.apply(key.record(), event, self.clock(), self.rules))
+        key.pend_state = self.events is not None
+        self.dirty.add(key)
+
     def on_unused(self, key: KeyState) -> None:
         key.requests_today = max(0, key.requests_today - 1)
         key.requests_total = max(0, key.requests_total - 1)
         if key.window:
             key.window.pop()
+        if self.events is not None:
+            key.pend_requests -= 1
+            self._event(key, "unused")
 
     def on_success(self, key: KeyState, usage: Usage | None) -> None:
+        """The rules' `success`, inline: it runs once per request."""
         tokens = usage.total_tokens if usage else 0
         key.tokens_today += tokens
         key.tokens_total += tokens
@@ -247,37 +259,32 @@ class KeyPool:
             key.window[-1] = (t, tokens)
         if key.fail_streak or key.next_cooldown_s:
             key.fail_streak, key.next_cooldown_s = 0, 0.0
+            key.pend_state = self.events is not None
         self.dirty.add(key)
+        if self.events is not None:
+            key.pend_tokens += tokens
+            self._event(key, "success", tokens=tokens)
 
     def on_failure(self, key: KeyState, failure: Failure) -> None:
-        now = self.clock()
         kind = failure.kind
+        if kind not in ("rate_limited", "quota_exhausted", "key_rejected", "server", "timeout"):
+            return  # the request's own fault: the key is unchanged
+        if kind == "key_rejected" and key.state != "invalid":
+            log.warning("upstream key %s rejected by the provider (%s)", key.key_id, failure.status)
+        event = self._event(
+            key,
+            kind,
+            status=failure.status or 0,
+            retry_after_s=failure.retry_after_s,
+            reset_at=failure.reset_at,
+            message=failure.message[:120],
+        )
+        self._apply(key, event)
         if kind == "rate_limited":
-            wait = _wait(failure.retry_after_s, self.retry.default_cooldown_s, COOLING_CAP_S)
-            key.last_429_at = now
-            self._set(key, "cooling", now + wait, f"rate limited ({failure.status})")
-            self._check_pool_throttle(now, wait)
-        elif kind == "quota_exhausted":
-            reset_in = None if failure.reset_at is None else failure.reset_at - now
-            wait = _wait(reset_in, self.retry.exhausted_default_s, EXHAUSTED_CAP_S)
-            self._set(key, "exhausted", now + wait, f"quota exhausted: {failure.message[:120]}")
-        elif kind == "key_rejected":
-            if key.state != "invalid":
-                log.warning(
-                    "upstream key %s rejected by the provider (%s)", key.key_id, failure.status
-                )
-            self._set(key, "invalid", None, f"rejected by the provider ({failure.status})")
-        elif kind in ("server", "timeout"):
-            key.fail_streak += 1
-            if key.fail_streak >= self.retry.failure_threshold:
-                cooldown = key.next_cooldown_s or self.retry.failure_cooldown_s
-                self._set(key, "cooling", now + cooldown, f"{key.fail_streak} failures in a row")
-                key.fail_streak = 0
-                key.next_cooldown_s = min(cooldown * 2, self.retry.failure_cooldown_max_s)
-        self.dirty.add(key)
-
-    def _set(self, key: KeyState, state: State, until: float | None, reason: str) -> None:
-        key.state, key.until, key.reason = state, until, reason
+            key.last_429_at = self.clock()
+            self._check_pool_throttle(
+                key.last_429_at, (key.until or key.last_429_at) - key.last_429_at
+            )
 
     def _check_pool_throttle(self, now: float, wait: float) -> None:
         """Every live key 429'd within the window: probably an IP- or org-wide throttle. Pause the
@@ -291,9 +298,13 @@ class KeyPool:
             self.paused_until = max(self.paused_until, now + wait, longest)
             for k in live:
                 if k.state == "cooling" and (k.reason or "").startswith("rate limited"):
-                    self._set(k, "ready", None, "")
-                    k.reason = None
+                    k.state, k.until, k.reason = "ready", None, None
+                    self._event(k, "enable")
+                    k.pend_state = self.events is not None
+                    self.dirty.add(k)
                 k.last_429_at = 0.0
+            if self.events is not None:
+                self.pause_out = self.paused_until
             pause = self.paused_until - now
             log.warning(
                 "provider %s: every key rate limited; pausing it %.0f s", self.provider, pause
@@ -304,30 +315,58 @@ class KeyPool:
         return next((k for k in self.keys if k.key_id == kid), None)
 
     def enable(self, key: KeyState) -> None:
-        self._set(key, "ready", None, "")
-        key.reason, key.fail_streak, key.next_cooldown_s = None, 0, 0.0
-        self.dirty.add(key)
+        self._apply(key, self._event(key, "enable"))
 
     def disable(self, key: KeyState) -> None:
-        self._set(key, "invalid", None, "disabled by admin")
-        self.dirty.add(key)
+        self._apply(key, self._event(key, "disable"))
 
-    def restore(self, rows: Iterable[dict[str, Any]]) -> None:
+    def restore(self, records: Iterable[KeyRecord]) -> None:
         """States saved by an earlier run; a saved `until` past today's caps (written by a build
         without them) is brought back within them."""
-        by_id = {k.key_id: k for k in self.keys}
+        self.merge(records, {})
         now = self.clock()
-        for row in rows:
-            key = by_id.get(row["key_id"])
-            if key is None:
-                continue
-            key.restore(row)
+        for key in self.keys:
             if key.state in ("cooling", "exhausted"):
-                cap = COOLING_CAP_S if key.state == "cooling" else EXHAUSTED_CAP_S
+                cap = (
+                    self.rules.cooling_cap_s
+                    if key.state == "cooling"
+                    else self.rules.exhausted_cap_s
+                )
                 until = key.until
                 if until is None or not math.isfinite(until) or until > now + cap:
                     key.until = now + cap
                     self.dirty.add(key)
+
+    def merge(self, records: Iterable[KeyRecord], pauses: Mapping[str, float]) -> None:
+        """The shared store's records: its state wins unless this pool changed the key's state
+        since the last sync; its counts plus the uses and tokens not yet sent."""
+        by_id = {k.key_id: k for k in self.keys}
+        today = utc_day(self.clock())
+        for rec in records:
+            key = by_id.get(rec.key_id)
+            if key is None:
+                continue
+            if not key.pend_state:
+                key.state, key.until, key.reason = rec.state, rec.until, rec.reason
+                key.fail_streak, key.next_cooldown_s = rec.fail_streak, rec.next_cooldown_s
+            same_day = rec.day == today
+            key.day = today if same_day or key.day == today else rec.day
+            key.requests_today = (rec.requests_today if same_day else 0) + key.pend_requests
+            key.tokens_today = (rec.tokens_today if same_day else 0) + key.pend_tokens
+            key.requests_total = rec.requests_total + key.pend_requests
+            key.tokens_total = rec.tokens_total + key.pend_tokens
+        until = pauses.get(self.provider)
+        if until is not None and until > self.paused_until:
+            self.paused_until = until
+
+    def take_events(self) -> tuple[list[KeyEvent], float | None]:
+        """What happened since the last sync (the pending marks start again from here)."""
+        events, self.events = self.events or [], []
+        pause, self.pause_out = self.pause_out, None
+        for key in self.keys:
+            key.pend_requests = key.pend_tokens = 0
+            key.pend_state = False
+        return events, pause
 
     def mark_dirty(self, key_ids: Iterable[str]) -> None:
         """States whose write failed: written with the next flush."""
@@ -336,8 +375,8 @@ class KeyPool:
             if key is not None:
                 self.dirty.add(key)
 
-    def take_dirty(self) -> list[dict[str, Any]]:
-        rows = [k.to_row() for k in self.dirty]
+    def take_dirty(self) -> list[KeyRecord]:
+        rows = [k.record() for k in self.dirty]
         self.dirty.clear()
         return rows
 

@@ -1,1 +1,2 @@
-"""Client limits: rate limits (ratelimit.py), budgets with reservations (budgets.py), prices."""
+"""Prices: what a request costs (pricing.py). Rate windows and budgets are admissions, in
+the state package."""

@@ -95,7 +95,11 @@ def open_state(
         from relaygate.state.memory import MemoryClients
         from relaygate.state.memory_ledger import MemoryLedger
 
-        durable_keys, clients, ledger = MemoryKeyStates(transition, clock), MemoryClients(), MemoryLedger()
+        durable_keys, clients, ledger = (
+            MemoryKeyStates(transition, clock),
+            MemoryClients(),
+            MemoryLedger(),
+        )
         claims, kind = MemoryClaims(clock), "memory"
     else:
         raise ValueError("DATABASE_URL must start with sqlite:///, postgresql:// or memory://")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from importlib import resources
@@ -37,6 +38,8 @@ STATEMENT_TIMEOUT_MS = 5000  # the server's statement_timeout, per statement
 IDLE_IN_TRANSACTION_MS = 10_000  # a replica stuck mid-transaction gives its row locks back
 RECONNECT_S = 10.0  # the pool retries a failed connection this long, then one is made on demand
 CALL_TIMEOUT_S = 8.0  # a whole call: the wait for a connection, its statements, some slack
+# the pool warns at every failed reconnection attempt; the ledger says once that rows wait
+logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 _ERRORS = (psycopg.Error, OSError, TimeoutError)  # PoolTimeout/PoolClosed are psycopg.Errors
 

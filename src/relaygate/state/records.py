@@ -27,7 +27,7 @@ SpendGroup = Literal["model", "provider", "client"]
 UsageGroup = Literal["client", "provider", "model", "key", "day"]
 
 
-class StateUnavailable(Exception):  # noqa: N818 (the name says what the caller learns)
+class StateUnavailable(Exception):
     """A backend could not do what was asked (database or Redis away, locked, timed out). The
     message names the backend and the driver's error class, never a URL or a credential."""
 

@@ -7,89 +7,25 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import sqlite3
-import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from functools import lru_cache
-from typing import Any, Protocol
+
+from relaygate.state.protocols import NOT_ERRORS, LedgerStore
+from relaygate.state.records import LedgerRecord, StateUnavailable
 
 log = logging.getLogger("relaygate.ledger")
 RETRY_MAX_S = 5.0
 CLIENT_CLOSED = "client_closed"  # the error code of a call whose client went away
-NOT_ERRORS = (CLIENT_CLOSED, "client_disconnected")  # (the code's name before 0.2)
+__all__ = ["CLIENT_CLOSED", "NOT_ERRORS", "Ledger", "LedgerRow"]
 
 
-@dataclass(slots=True)
-class LedgerRow:
-    id: str
-    ts: float
-    client: str | None  # the client's display name at the time
-    route: str
-    provider: str | None
-    model: str | None
-    key_id: str | None
-    status: int
-    error_code: str | None
-    latency_ms: int
-    ttft_ms: int | None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-    cost_usd: float = 0.0
-    cache: str = "bypass"
-    stream: bool = False
-    attempts: int = 0
-    estimated: bool = False
-    client_id: str | None = None  # what limits, budgets and reports are keyed by
-
-    def as_dict(self) -> dict[str, Any]:
-        """The row for the store (every field is flat: no dataclasses.asdict, ~10x cheaper)."""
-        return {
-            "id": self.id,
-            "ts": self.ts,
-            "day": _day(int(self.ts // 86400)),
-            "client_id": self.client_id,
-            "client": self.client,
-            "route": self.route,
-            "provider": self.provider,
-            "model": self.model,
-            "key_id": self.key_id,
-            "status": self.status,
-            "error_code": self.error_code,
-            "latency_ms": self.latency_ms,
-            "ttft_ms": self.ttft_ms,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "cached_tokens": self.cached_tokens,
-            "cost_usd": self.cost_usd,
-            "cache": self.cache,
-            "stream": int(self.stream),
-            "attempts": self.attempts,
-            "estimated": int(self.estimated),
-        }
-
-
-@lru_cache(maxsize=8)
-def _day(day_number: int) -> str:
-    """The UTC date of a day number (days since the epoch), computed once per day."""
-    return time.strftime("%Y-%m-%d", time.gmtime(day_number * 86400))
-
-
-class LedgerSink(Protocol):
-    def write_ledger(self, rows: list[dict[str, Any]]) -> None: ...
-
-
-def _write(sink: LedgerSink, rows: list[LedgerRow]) -> None:
-    """In the writer thread: rows become dicts there, not on the event loop."""
-    sink.write_ledger([r.as_dict() for r in rows])
+LedgerRow = LedgerRecord  # (the name callers knew it by)
 
 
 class Ledger:
     def __init__(
         self,
-        sink: LedgerSink | None,
+        sink: LedgerStore | None,
         *,
         max_buffer: int = 50_000,
         batch: int = 1_000,
@@ -105,10 +41,12 @@ class Ledger:
         self.written = 0
         self._on_drop = on_drop
         self._lock = asyncio.Lock()
+        self._inflight = 0  # rows taken by a write that has not finished yet
 
     @property
     def depth(self) -> int:
-        return len(self._buffer)
+        """Rows not written yet: buffered, or in a write still under way."""
+        return len(self._buffer) + self._inflight
 
     def record(self, row: LedgerRow) -> None:
         """Called on the request path: an append, never I/O."""
@@ -134,15 +72,17 @@ class Ledger:
         async with self._lock:
             while self._buffer:
                 take = [self._buffer.popleft() for _ in range(min(self.batch, len(self._buffer)))]
-                write = asyncio.ensure_future(asyncio.to_thread(_write, self.sink, take))
+                self._inflight += len(take)
+                write = asyncio.ensure_future(self.sink.write(take))
                 try:
-                    # the thread cannot be stopped: a cancelled flush leaves the write to finish
-                    # and its rows are counted, or put back, when it does (never lost, never twice)
+                    # a cancelled flush leaves the write to finish (a thread or a transaction
+                    # cannot be stopped half way): its rows are counted, or put back, when it
+                    # does (never lost, never twice)
                     await asyncio.shield(write)
                 except asyncio.CancelledError:
                     write.add_done_callback(functools.partial(self._settled, take))
                     raise
-                except (sqlite3.Error, OSError) as exc:
+                except (StateUnavailable, OSError) as exc:
                     self._settled(take, write)
                     log.warning(
                         "ledger write failed (%s); %d rows wait",
@@ -150,10 +90,12 @@ class Ledger:
                         len(self._buffer),
                     )
                     return False
+                self._inflight -= len(take)
                 self.written += len(take)
         return True
 
     def _settled(self, rows: list[LedgerRow], write: asyncio.Future[None]) -> None:
+        self._inflight -= len(rows)
         if write.cancelled() or write.exception() is not None:
             self._buffer.extendleft(reversed(rows))
         else:

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from relaygate.config.model import Config
 from relaygate.errors import ConfigError
-from relaygate.storage.sqlite import SQLiteStore
+from relaygate.state.protocols import LedgerStore
 from relaygate.usage.reports import usage_report
 
 if TYPE_CHECKING:
@@ -35,6 +35,7 @@ DEFAULT_TELEGRAM = "https://api.telegram.org"
 TELEGRAM_MAX_CHARS = 4096
 SEND_TIMEOUT_S = 15.0
 MAX_SLEEP_S = 60.0  # the scheduler re-reads the clock at least this often
+CLAIM_TTL_S = 3 * 86400.0  # a day's report is claimed by one replica for this long
 RETRY_WAITS_S = (30.0, 120.0)  # a failed scheduled delivery is tried again after these waits
 _HHMM = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 
@@ -134,12 +135,14 @@ def latest_complete_day(now: float) -> str:
     return (datetime.fromtimestamp(now, UTC).date() - timedelta(days=1)).isoformat()
 
 
-def build_report(
-    store: SQLiteStore, *, day: str | None = None, month: str | None = None, top: int = 5
+async def build_report(
+    store: LedgerStore, *, day: str | None = None, month: str | None = None, top: int = 5
 ) -> dict[str, Any]:
     """Totals and the top clients, models and providers by cost, for a day or a month (UTC)."""
-    groups = {by: usage_report(store, by=by, day=day, month=month) for by in ("client", "model")}
-    providers = usage_report(store, by="provider", day=day, month=month)
+    groups = {
+        by: await usage_report(store, by=by, day=day, month=month) for by in ("client", "model")
+    }
+    providers = await usage_report(store, by="provider", day=day, month=month)
     totals = dict(providers["totals"])
     weighted = sum(r["avg_latency_ms"] * r["requests"] for r in providers["rows"])
     totals["avg_latency_ms"] = round(weighted / totals["requests"], 1) if totals["requests"] else 0
@@ -262,18 +265,18 @@ async def send_daily_report(
     sleep: Sleep = asyncio.sleep,
 ) -> list[Delivery]:
     """Send one report through a running gateway (its session, its store, its ledger)."""
-    store = gw.store
+    store = gw.ledger_store
     if store is None:
         raise ConfigError("reports need a database (DATABASE_URL)")
     cfg = gw.accounting.reports.config
     await gw.accounting.ledger.flush()
-    report = await asyncio.to_thread(build_report, store, day=day, month=month, top=cfg.top)
+    report = await build_report(store, day=day, month=month, top=cfg.top)
     return await deliver(report, cfg, gw.session(), retry_waits=retry_waits, sleep=sleep)
 
 
 def send_now(config: Config, *, day: str | None, month: str | None) -> list[Delivery]:
     """`relaygate report --send`: one report, from the database, without a running server."""
-    from relaygate.storage.sqlite import open_store
+    from relaygate.gateway import Gateway
 
     cfg = reports_config(config)
     if not cfg.destinations:
@@ -281,13 +284,13 @@ def send_now(config: Config, *, day: str | None, month: str | None) -> list[Deli
             "reports: nowhere to send: set reports.telegram_bot_token and "
             "reports.telegram_chat_id, or reports.webhook_url"
         )
-    store = open_store(config.database_url)
-    try:
-        report = build_report(store, day=day, month=month, top=cfg.top)
-    finally:
-        store.close()
 
     async def go() -> list[Delivery]:
+        state = Gateway(config).state
+        try:
+            report = await build_report(state.ledger, day=day, month=month, top=cfg.top)
+        finally:
+            await state.aclose()
         async with aiohttp.ClientSession() as session:
             return await deliver(report, cfg, session)
 
@@ -318,7 +321,7 @@ class DailyReports:
 
     def start(self, gw: Gateway) -> list[asyncio.Task[None]]:
         """The scheduler task, when a report has somewhere to go and data to come from."""
-        if not self.config.destinations or gw.store is None:
+        if not self.config.destinations or gw.ledger_store is None:
             return []
         return [asyncio.create_task(run_daily_reports(gw))]
 
@@ -330,13 +333,33 @@ async def run_daily_reports(
     the report of the latest complete UTC day, log what failed, go on."""
     reports = gw.accounting.reports
     now = clock or reports.clock
+    missed = next_run(now(), reports.config) - 86400  # the last due time: was it sent?
+    await _send_once(gw, missed, sleep, only_with_data=True)
     while True:
         due = next_run(now(), reports.config)
         while (left := due - now()) > 0:
             await sleep(min(left, MAX_SLEEP_S))
-        try:
-            await send_daily_report(
-                gw, day=latest_complete_day(due), retry_waits=RETRY_WAITS_S, sleep=sleep
-            )
-        except Exception as exc:  # noqa: BLE001 (a background loop logs and goes on)
-            log.warning("daily report failed: %s", type(exc).__name__)
+        await _send_once(gw, due, sleep)
+
+
+async def _send_once(
+    gw: Gateway, due: float, sleep: Sleep, *, only_with_data: bool = False
+) -> None:
+    """The report due at `due`, sent by whichever replica claims it first (once across them
+    all). `only_with_data`: a missed report is sent after a restart only when that day had
+    requests (a new install does not start by reporting an empty day)."""
+    day = latest_complete_day(due)
+    name = f"daily-report:{day}"
+    try:
+        claims = gw.state.claims
+        if only_with_data:
+            if await claims.claimed(name):
+                return
+            store = gw.ledger_store
+            if store is None or not (await store.usage("day", day)):
+                return
+        if not await claims.claim(name, CLAIM_TTL_S):
+            return
+        await send_daily_report(gw, day=day, retry_waits=RETRY_WAITS_S, sleep=sleep)
+    except Exception as exc:  # noqa: BLE001 (a background loop logs and goes on)
+        log.warning("daily report failed: %s", type(exc).__name__)

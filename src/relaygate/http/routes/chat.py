@@ -13,6 +13,7 @@ from relaygate.auth.clients import ClientInfo
 from relaygate.errors import RelaygateError
 from relaygate.gateway import Gateway
 from relaygate.http._common import gateway, read_json, request_id, require_client
+from relaygate.http.headers import limit_headers
 from relaygate.routing.attempts import Completed, StreamStarted
 
 router = APIRouter(tags=["client"])
@@ -71,11 +72,15 @@ async def open_call(
 ) -> tuple[Completed | StreamStarted, Call]:
     """Check, admit and open one request (this route and the raw-ASGI one in http/_fast.py): the
     whole answer or the started stream. A failure carries the call's headers (rate limits)."""
-    call, plan = gw.begin(body, client=client, route=ROUTE, raw_size=size, request_id=rid)
+    try:
+        call, plan = await gw.begin(body, client=client, route=ROUTE, raw_size=size, request_id=rid)
+    except RelaygateError as exc:
+        exc.headers = {**limit_headers(exc.admission), **exc.headers}
+        raise
     try:
         result = await gw.open_chat(body, call, plan)
     except RelaygateError as exc:
-        exc.headers = {**call.headers, **exc.headers}
+        exc.headers = {**limit_headers(call.admission), **exc.headers}
         raise
     return result, call
 
@@ -83,7 +88,7 @@ async def open_call(
 def answer_headers(result: Completed | StreamStarted, call: Call) -> dict[str, str]:
     """The headers of a 200 (a stream adds cache-control and x-accel-buffering)."""
     return {
-        **call.headers,
+        **limit_headers(call.admission),
         "x-request-id": call.request_id,
         "x-relaygate-provider": result.target.provider,
         "x-relaygate-model": result.target.model,

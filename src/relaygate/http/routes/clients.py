@@ -3,6 +3,7 @@ revoke; and GET /current-key for the weekly rotating key. Store calls run in a w
 
 from __future__ import annotations
 
+import time
 from typing import Any, TypeVar
 
 from fastapi import APIRouter
@@ -76,9 +77,15 @@ async def list_clients(request: Request) -> Response:
         }
         for c in gw.config.clients
     ]
-    issued = await db_call(gw.clients.issued)
+    issued = await db_call(gw.clients.issued())
+    month = time.strftime("%Y-%m", time.gmtime())
+    # the ledger has every request's cost (rows wait up to a second in the buffer); the
+    # admissions have the settled spend of budgeted clients at once: the larger is the truth
+    store = gw.ledger_store
+    ledger = await db_call(store.month_spend(month)) if store is not None else {}
     for item in issued:
-        item["spent_this_month_usd"] = round(gw.accounting.budgets.spent(item["id"]), 6)
+        spent = await db_call(gw.state.admissions.spent(item["id"], month))
+        item["spent_this_month_usd"] = round(max(spent, ledger.get(item["id"], 0.0)), 6)
     return json_response({"object": "list", "data": issued, "static": static})
 
 
@@ -87,10 +94,10 @@ async def create_client(request: Request) -> Response:
     require_admin(request)
     spec = await _parse(request, ClientCreate)
     gw = gateway(request)
-    if gw.store is None:
+    if not gw.persist:
         raise InvalidRequest("Issued keys need a database (DATABASE_URL).")
     limits: dict[str, Any] = spec.model_dump(exclude={"name"}, exclude_none=True)
-    key, client = await db_write(gw.clients.issue, spec.name, **limits)
+    key, client = await db_write(gw.clients.issue(spec.name, **limits))
     return json_response({"key": key, "client": client}, status=201)
 
 
@@ -99,7 +106,7 @@ async def update_client(request: Request, client_id: str) -> Response:
     require_admin(request)
     spec = await _parse(request, ClientPatch)
     changes = spec.model_dump(exclude_unset=True)
-    changed = await db_write(gateway(request).clients.update, client_id, **changes)
+    changed = await db_write(gateway(request).clients.update(client_id, **changes))
     if changed is None:
         raise NotFound(f"No active client with id '{client_id}'.", param="client_id")
     return json_response({"client": changed})
@@ -108,7 +115,7 @@ async def update_client(request: Request, client_id: str) -> Response:
 @router.delete("/admin/clients/{client_id}", summary="Revoke a client key")
 async def revoke_client(request: Request, client_id: str) -> Response:
     require_admin(request)
-    if not await db_write(gateway(request).clients.revoke, client_id):
+    if not await db_write(gateway(request).clients.revoke(client_id)):
         raise NotFound(f"No active client with id '{client_id}'.", param="client_id")
     return json_response({"id": client_id, "revoked": True})
 

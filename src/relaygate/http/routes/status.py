@@ -24,7 +24,7 @@ from relaygate.http._common import (
     require_admin,
     require_client,
 )
-from relaygate.storage.sqlite import SQLiteStore
+from relaygate.state.protocols import LedgerStore
 from relaygate.web.dashboard import admin_numbers, public_numbers
 
 log = logging.getLogger("relaygate.http")
@@ -128,7 +128,7 @@ def _since_start(gw: Gateway) -> dict[str, Any]:
     }
 
 
-async def _public_numbers(request: Request, store: SQLiteStore, now: float) -> dict[str, Any]:
+async def _public_numbers(request: Request, store: LedgerStore, now: float) -> dict[str, Any]:
     """The database part of /status.json, computed at most once a second however many look."""
     state = request.app.state
     cached = getattr(state, "dashboard_numbers", None)
@@ -150,7 +150,7 @@ async def status_data(request: Request) -> Response:
         "providers": _providers(gw),
         "since_start": _since_start(gw),
     }
-    store = gw.store
+    store = gw.ledger_store
     if store is not None:
         data |= await _public_numbers(request, store, now)  # a 503 within 2 s when it fails
     return json_response(data, headers={"cache-control": "no-store"})
@@ -162,7 +162,7 @@ async def admin_dashboard(request: Request) -> Response:
     gw = gateway(request)
     now = time.time()
     data: dict[str, Any] = {"now": now, "spend_by_client": None, "failures": []}
-    store = gw.store
+    store = gw.ledger_store
     if store is not None:
         data = await fresh_read(gw, admin_numbers, store, now)
     return json_response(data, headers={"cache-control": "no-store"})

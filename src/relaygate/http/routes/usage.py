@@ -20,9 +20,9 @@ async def admin_usage(
 ) -> Response:
     require_admin(request)
     gw = gateway(request)
-    if gw.store is None:
+    if gw.ledger_store is None:
         raise InvalidRequest("Usage reports need a database (DATABASE_URL).")
-    report = await fresh_read(gw, usage_report, gw.store, by=by, day=day, month=month)
+    report = await fresh_read(gw, usage_report, gw.ledger_store, by=by, day=day, month=month)
     return json_response(report)
 
 
@@ -30,9 +30,9 @@ async def admin_usage(
 async def admin_failures(request: Request, limit: int = 50) -> Response:
     require_admin(request)
     gw = gateway(request)
-    if gw.store is None:
+    if gw.ledger_store is None:
         raise InvalidRequest("The failure log needs a database (DATABASE_URL).")
-    rows = await fresh_read(gw, failures, gw.store, limit=limit)
+    rows = await fresh_read(gw, failures, gw.ledger_store, limit=limit)
     return json_response({"data": rows})
 
 

@@ -1,0 +1,107 @@
+"""Key states between the pools and the state seam. In one process the pools are the truth and
+their changed keys are saved as snapshots (SQLite or Postgres) every second. With a shared store
+(Redis) every replica sends what happened to its keys as events every SYNC_S, the store applies
+the same transition rules atomically, and the pools take the shared records back: a key parked by
+one replica is skipped by the others within SYNC_S * 2, and least-used counts are shared."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+
+from relaygate.keys.pool import KeyPool
+from relaygate.state import StateUnavailable
+from relaygate.state.protocols import KeyStates
+from relaygate.state.records import KeyEvent, KeyRecord
+
+log = logging.getLogger("relaygate.keys")
+SYNC_S = 0.25
+SNAPSHOT_EVERY = 20  # syncs between two snapshots of the shared records into the durable store
+
+
+class KeySync:
+    def __init__(
+        self, pools: Mapping[str, KeyPool], durable: KeyStates, shared: KeyStates | None
+    ) -> None:
+        self.pools = pools
+        self.durable = durable
+        self.shared = shared
+        self._down = False
+        if shared is not None:
+            for pool in pools.values():
+                pool.events = []
+
+    async def restore(self) -> None:
+        """At start: the durable snapshots; with a shared store, the shared records win, and keys
+        the shared store has never seen (an emptied Redis) are seeded from the snapshots."""
+        durable = await self.durable.load()
+        records = durable
+        if self.shared is not None:
+            shared = await self.shared.load()
+            seen = {r.key_id for r in shared}
+            mine = {k.key_id for pool in self.pools.values() for k in pool.keys}
+            missing = [r for r in durable if r.key_id not in seen and r.key_id in mine]
+            if missing:
+                await self.shared.save(missing)
+            records = shared + missing
+        for pool in self.pools.values():
+            pool.restore(records)
+
+    async def flush(self) -> None:
+        """Changed keys as snapshots into the durable store (kept for the next flush when the
+        write fails)."""
+        taken = [(pool, pool.take_dirty()) for pool in self.pools.values()]
+        rows = [row for _, part in taken for row in part]
+        if not rows:
+            return
+        try:
+            await self.durable.save(rows)
+        except BaseException:
+            for pool, part in taken:
+                pool.mark_dirty(row.key_id for row in part)
+            raise
+
+    async def sync(self) -> None:
+        """One exchange with the shared store: events out, shared records in."""
+        shared = self.shared
+        if shared is None:
+            return
+        events: list[KeyEvent] = []
+        pauses_out: list[tuple[str, float]] = []
+        for name, pool in self.pools.items():
+            taken, pause = pool.take_events()
+            events.extend(taken)
+            if pause is not None:
+                pauses_out.append((name, pause))
+        try:
+            if events:
+                await shared.apply(events, next(iter(self.pools.values())).rules)
+            for name, until in pauses_out:
+                await shared.pause(name, until)
+            records = await shared.load()
+            pauses = await shared.pauses()
+        except StateUnavailable as exc:
+            if not self._down:
+                self._down = True
+                log.warning("shared key states unavailable (%s): each replica keeps its own", exc)
+            return  # the events are lost to the shared counts; this replica's own state stands
+        if self._down:
+            self._down = False
+            log.warning("shared key states available again")
+        for pool in self.pools.values():
+            pool.merge(records, pauses)
+
+    async def run(self) -> None:
+        n = 0
+        while True:
+            await asyncio.sleep(SYNC_S)
+            await self.sync()
+            n += 1
+            if n % SNAPSHOT_EVERY == 0 and self.shared is not None:
+                with contextlib.suppress(StateUnavailable):
+                    await self.durable.save(self.snapshot())
+
+    def snapshot(self) -> list[KeyRecord]:
+        return [k.record() for pool in self.pools.values() for k in pool.keys]
