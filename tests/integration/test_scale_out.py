@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,6 +43,26 @@ def upstream() -> Iterator[FakeOpenAI]:
     fake.stop()
 
 
+def _config(upstream: FakeOpenAI) -> dict[str, object]:
+    return {
+        "providers": {
+            "up": {
+                "type": "openai",
+                "base_url": upstream.base_url,
+                "keys": [{"key": KEY_A, "label": "up:a"}, {"key": KEY_B, "label": "up:b"}],
+                "models": ["gpt-4o-mini"],
+            }
+        },
+        "clients": [
+            {"name": "capped", "key": BUDGET_KEY, "monthly_budget_usd": 1.0},
+            {"name": "app", "key": RPM_KEY, "rpm": 20},
+            {"name": "app", "key": TWIN_KEY, "rpm": 20},
+        ],
+        "pricing": {"up/gpt-4o-mini": {"input_per_mtok": 0, "output_per_mtok": 1000}},
+        "retries": {"backoff_base_s": 0.01, "max_attempts": 2},
+    }
+
+
 class Replicas:
     def __init__(self, procs: list[subprocess.Popen[str]], ports: list[int]) -> None:
         self.procs, self.ports = procs, ports
@@ -64,24 +85,7 @@ def replicas(
     tmp_path_factory: pytest.TempPathFactory, redis: PrivateRedis, upstream: FakeOpenAI
 ) -> Iterator[Replicas]:
     work: Path = tmp_path_factory.mktemp("scale")
-    config = {
-        "providers": {
-            "up": {
-                "type": "openai",
-                "base_url": upstream.base_url,
-                "keys": [{"key": KEY_A, "label": "up:a"}, {"key": KEY_B, "label": "up:b"}],
-                "models": ["gpt-4o-mini"],
-            }
-        },
-        "clients": [
-            {"name": "capped", "key": BUDGET_KEY, "monthly_budget_usd": 1.0},
-            {"name": "app", "key": RPM_KEY, "rpm": 20},
-            {"name": "app", "key": TWIN_KEY, "rpm": 20},
-        ],
-        "pricing": {"up/gpt-4o-mini": {"input_per_mtok": 0, "output_per_mtok": 1000}},
-        "retries": {"backoff_base_s": 0.01, "max_attempts": 2},
-    }
-    (work / "relaygate.yaml").write_text(yaml.safe_dump(config))
+    (work / "relaygate.yaml").write_text(yaml.safe_dump(_config(upstream)))
     env = clean_env(
         REDIS_URL=redis.url,
         DATABASE_URL=f"sqlite:///{work / 'shared.db'}",
@@ -204,3 +208,71 @@ def test_key_usage_counts_are_shared(replicas: Replicas) -> None:
         assert len(totals) == 1, (key_id, totals)
     total = sum(views[0][k]["requests_total"] for k in ("up:a", "up:b"))
     assert total >= 10 + 20 + 5
+
+
+def _relaygate(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "relaygate", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_upstream_check_marking_a_key_invalid_is_seen_by_running_replicas(
+    replicas: Replicas, upstream: FakeOpenAI, redis: PrivateRedis, tmp_path: Path
+) -> None:
+    upstream.script(KEY_B, Reply(status=401, error=errors.invalid_key()))
+    config = tmp_path / "relaygate.yaml"
+    config.write_text(yaml.safe_dump(_config(upstream)))
+    env = clean_env(REDIS_URL=redis.url, DATABASE_URL=f"sqlite:///{tmp_path / 'check.db'}")
+    done = _relaygate(tmp_path, env, "upstream", "check", "--config", str(config))
+    checked_at = time.monotonic()
+    assert "rejected" in done.stdout, done.stdout + done.stderr
+    for i in range(3):
+        left = 1.0 - (time.monotonic() - checked_at)
+        _wait_state(replicas, i, "up:b", "invalid", max(left, 0.0))
+    r = httpx.post(
+        replicas.url(1) + "/admin/keys/up:b/enable",
+        headers={"Authorization": f"Bearer {ADMIN_SECRET}"},
+    )
+    assert r.status_code == 200
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def test_workers_need_redis_and_share_one_rpm_window(
+    redis: PrivateRedis, upstream: FakeOpenAI, tmp_path: Path
+) -> None:
+    config = tmp_path / "relaygate.yaml"
+    config.write_text(yaml.safe_dump(_config(upstream)))
+    database = f"sqlite:///{tmp_path / 'w.db'}"
+    args = ("serve", "--workers", "2", "--config", str(config))
+    refused = _relaygate(tmp_path, clean_env(DATABASE_URL=database), *args)
+    assert refused.returncode == 2
+    assert "REDIS_URL" in refused.stderr and "SPEC" not in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    port = free_port()
+    # Redis database 1: the replicas' windows (database 0) are not this gateway's
+    env = clean_env(REDIS_URL=redis.url.rsplit("/", 1)[0] + "/1", DATABASE_URL=database)
+    proc = start_server(tmp_path, port, "--workers", "2", "--config", str(config), env=env)
+    try:
+        assert len(_children(proc.pid)) >= 2, "two worker processes"
+        url = f"http://127.0.0.1:{port}"
+        answers = asyncio.run(_burst_at(url, RPM_KEY, 30))
+        assert sorted(r.status_code for r in answers) == [200] * 20 + [429] * 10
+    finally:
+        stop(proc)
+
+
+async def _burst_at(url: str, key: str, n: int) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=n)
+    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+        return await asyncio.gather(*(_post(client, url, key) for _ in range(n)))  # type: ignore[arg-type]

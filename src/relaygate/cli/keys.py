@@ -15,9 +15,11 @@ from rich.table import Table
 from relaygate.auth.clients import ClientRegistry
 from relaygate.auth.weekly import current_key_info
 from relaygate.config.model import Config
+from relaygate.errors import ConfigError
 from relaygate.gateway import state_settings
 from relaygate.keys import policy
 from relaygate.state import State, open_state
+from relaygate.usage.notifier import Delivery
 from relaygate.usage.reports import usage_report
 
 T = TypeVar("T")
@@ -145,10 +147,29 @@ def print_report(
     Console().print(table)
     if not send:
         return True
-    from relaygate.usage.notifier import send_now
-
-    sent = send_now(config, day=day, month=month)
+    sent = send_report(config, day=day, month=month)
     for d in sent:
         note = "sent" if d.ok else f"failed ({d.detail})"
         Console().print(f"report to {d.destination}: {note}", markup=False, highlight=False)
     return all(d.ok for d in sent)
+
+
+def send_report(config: Config, *, day: str | None, month: str | None) -> list[Delivery]:
+    """`relaygate report --send`: one report, from the database, without a running server."""
+    import aiohttp
+
+    from relaygate.usage.notifier import build_report, deliver, reports_config
+
+    cfg = reports_config(config)
+    if not cfg.destinations:
+        raise ConfigError(
+            "reports: nowhere to send: set reports.telegram_bot_token and "
+            "reports.telegram_chat_id, or reports.webhook_url"
+        )
+
+    async def work(state: State) -> list[Delivery]:
+        report = await build_report(state.ledger, day=day, month=month, top=cfg.top)
+        async with aiohttp.ClientSession() as session:
+            return await deliver(report, cfg, session)
+
+    return with_state(config, work)

@@ -274,29 +274,6 @@ async def send_daily_report(
     return await deliver(report, cfg, gw.session(), retry_waits=retry_waits, sleep=sleep)
 
 
-def send_now(config: Config, *, day: str | None, month: str | None) -> list[Delivery]:
-    """`relaygate report --send`: one report, from the database, without a running server."""
-    from relaygate.gateway import Gateway
-
-    cfg = reports_config(config)
-    if not cfg.destinations:
-        raise ConfigError(
-            "reports: nowhere to send: set reports.telegram_bot_token and "
-            "reports.telegram_chat_id, or reports.webhook_url"
-        )
-
-    async def go() -> list[Delivery]:
-        state = Gateway(config).state
-        try:
-            report = await build_report(state.ledger, day=day, month=month, top=cfg.top)
-        finally:
-            await state.aclose()
-        async with aiohttp.ClientSession() as session:
-            return await deliver(report, cfg, session)
-
-    return asyncio.run(go())
-
-
 # --- the schedule -----------------------------------------------------------------------------
 def next_run(now: float, cfg: ReportsConfig) -> float:
     """The next instant after `now` at which the wall clock in `cfg.timezone` shows `daily_at`."""
