@@ -98,4 +98,3 @@ async def test_no_missed_report_for_a_day_without_requests(live_gateway, fake_op
     finally:
         await replica.aclose()
     assert telegram.messages() == []
-
