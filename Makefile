@@ -24,6 +24,7 @@ lint: dev-venv
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 	$(BIN)/python tools/check_provider_names.py
+	$(BIN)/python tools/check_header_names.py
 	$(BIN)/lint-imports
 
 typecheck: dev-venv

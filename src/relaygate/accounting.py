@@ -138,7 +138,7 @@ class Accounting:
         )
         error = RateLimitExceeded(
             f"Rate limit of {limit} {what} per minute reached for this key; retry in {wait} s.",
-            headers={"retry-after": str(wait)},
+            retry_after_s=wait,
         )
         error.admission = admission
         raise error

@@ -56,6 +56,7 @@ class RelaygateError(Exception):
     type: str = "server_error"
     code: str | None = "internal_error"
     admission: Any = None  # a refusal by the client's limits: the numbers its headers show
+    should_retry: bool | None = None  # False: retrying will not help (the SDKs read this)
 
     def __init__(
         self,
@@ -63,14 +64,16 @@ class RelaygateError(Exception):
         *,
         param: str | None = None,
         code: str | None = None,
-        headers: dict[str, str] | None = None,
+        retry_after_s: int | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         if code is not None:
             self.code = code
-        self.headers: dict[str, str] = dict(headers or {})
+        self.retry_after_s = retry_after_s  # whole seconds, when the client should wait
+        self.attempts = 0  # upstream attempts made before this error
+        self.admission = None
 
     def to_dict(self, redact: Callable[[str], str] | None = None) -> dict[str, Any]:
         message = self.message if redact is None else redact(self.message)
@@ -165,8 +168,7 @@ class BudgetExceeded(RelaygateError):
     type = "insufficient_quota"
     code = "budget_exceeded"
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message, headers={"x-should-retry": "false"})
+    should_retry = False
 
 
 class UpstreamRejected(RelaygateError):
@@ -206,8 +208,7 @@ class NoAvailableKeys(RelaygateError):
         msg = "No upstream key is available right now"
         if detail:
             msg += f" ({detail})"
-        super().__init__(f"{msg}; retry in {secs} s.", headers={"retry-after": str(secs)})
-        self.retry_after_s = float(secs)
+        super().__init__(f"{msg}; retry in {secs} s.", retry_after_s=secs)
 
 
 class Unavailable(RelaygateError):

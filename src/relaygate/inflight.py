@@ -19,7 +19,7 @@ SHUTTING_DOWN = Unavailable("The gateway is shutting down; retry.", code="shutti
 def outcome(exc: BaseException, *, closing: bool) -> tuple[int, str | None, int]:
     """(status, error code, attempts) of a call that ended with `exc`, for its ledger row."""
     if isinstance(exc, RelaygateError):
-        return exc.status, exc.code, int(exc.headers.get("x-relaygate-attempts", 0))
+        return exc.status, exc.code, exc.attempts
     if isinstance(exc, asyncio.CancelledError | GeneratorExit):
         return (503, SHUTTING_DOWN.code, 0) if closing else (499, CLIENT_CLOSED, 0)
     return 500, "internal_error", 0

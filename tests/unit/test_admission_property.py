@@ -51,6 +51,7 @@ from relaygate.auth.clients import ClientInfo
 from relaygate.config.model import Config
 from relaygate.errors import BudgetExceeded, RateLimitExceeded
 from relaygate.gateway import build_providers
+from relaygate.http.headers import error_headers
 from relaygate.state.memory_admissions import WINDOW_S, MemoryAdmissions, utc_month
 from relaygate.state.records import Admission, AdmitRequest
 from relaygate.types import Target, Usage
@@ -736,7 +737,7 @@ class AccountingMachine(OnALoop):
             want = "requests" if live >= self.rpm else "tokens"
             assert error.admission is call.admission and call.admission is not None
             assert call.admission.refused == want
-            assert int(error.headers["retry-after"]) >= 1
+            assert int(error_headers(error)["retry-after"]) >= 1
             assert held_state(self.admissions, self.clock.t) == before, "a refusal took something"
         except BudgetExceeded as error:
             assert live < self.rpm and not over_tokens

@@ -11,9 +11,10 @@ import sys
 import pytest
 
 from relaygate import Gateway
-from relaygate.auth.clients import ClientRegistry, extract_key, generate_key, hash_key
+from relaygate.auth.clients import ClientRegistry, generate_key, hash_key
 from relaygate.config.model import Config
 from relaygate.errors import ModelNotFound
+from relaygate.http.headers import extract_key
 from relaygate.keys.policy import apply
 from relaygate.state.sqlite import open_sqlite
 from tests.integration._proc import clean_env

@@ -15,7 +15,7 @@ from relaygate.auth.weekly import current_key_info, is_current, week_label, week
 from relaygate.config.model import Config, PriceConfig
 from relaygate.errors import BudgetExceeded, RateLimitExceeded
 from relaygate.gateway import build_providers
-from relaygate.http.headers import limit_headers
+from relaygate.http.headers import error_headers, limit_headers
 from relaygate.limits.pricing import Pricing
 from relaygate.state.memory_admissions import MemoryAdmissions, utc_month
 from relaygate.state.records import AdmitRequest
@@ -81,7 +81,7 @@ async def test_rpm_5_the_sixth_request_in_the_minute_is_refused_with_retry_after
     with pytest.raises(RateLimitExceeded) as error:
         await accounting(admissions).admit(call(client), BODY, [TARGET])
     assert error.value.status == 429 and error.value.code == "rate_limit_exceeded"
-    assert error.value.headers["retry-after"] == "55"
+    assert error_headers(error.value)["retry-after"] == "55"
     assert limit_headers(error.value.admission)["x-ratelimit-remaining-requests"] == "0"
     assert (await admissions.admit(req("other", rpm=5))).allowed  # per client
     clock.t += 55.01
@@ -135,7 +135,7 @@ async def test_budget_released_on_failure_and_refusal_is_insufficient_quota():
         await accounting(admissions).admit(call(client), BODY, [TARGET])
     err = error.value
     assert (err.status, err.type, err.code) == (429, "insufficient_quota", "budget_exceeded")
-    assert err.headers["x-should-retry"] == "false"
+    assert error_headers(err)["x-should-retry"] == "false"
     assert err.admission is not None and err.admission.refused == "budget"
     admissions.settle(reservation, 100, 0.2)
     assert (await admissions.admit(req(budget=0.5, cost=0.3))).allowed

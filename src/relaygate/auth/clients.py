@@ -9,7 +9,7 @@ import hmac
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -182,14 +182,3 @@ class ClientRegistry:
         await self._store.insert(record)
         await self.reload()
         return key, public(record)
-
-
-def extract_key(headers: Mapping[str, str]) -> str | None:
-    """`Authorization: Bearer <key>` or `x-api-key: <key>`."""
-    auth = headers.get("authorization")
-    if auth:
-        scheme, _, value = auth.partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            return value.strip()
-    key = headers.get("x-api-key")
-    return key.strip() if key and key.strip() else None

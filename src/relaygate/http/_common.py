@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.types import Scope, Send
 
 from relaygate.accounting import new_request_id
-from relaygate.auth.clients import ClientInfo, extract_key
+from relaygate.auth.clients import ClientInfo
 from relaygate.errors import (
     AdminForbidden,
     InvalidRequest,
@@ -24,6 +24,7 @@ from relaygate.errors import (
     Unavailable,
 )
 from relaygate.gateway import Gateway
+from relaygate.http.headers import extract_key
 from relaygate.state import StateUnavailable
 
 

@@ -12,10 +12,10 @@ from collections.abc import AsyncGenerator, Callable
 from starlette.types import Message, Receive, Scope, Send
 
 from relaygate.accounting import Call, new_request_id
-from relaygate.auth.clients import extract_key
 from relaygate.errors import InvalidRequest, PayloadTooLarge, RelaygateError, Unauthorized
 from relaygate.gateway import Gateway
 from relaygate.http._common import cancelled_by_us, internal_error, parse_json
+from relaygate.http.headers import error_headers, extract_key
 from relaygate.http.routes import chat
 from relaygate.inflight import SHUTTING_DOWN
 from relaygate.routing.attempts import Completed, StreamStarted
@@ -142,7 +142,7 @@ async def answer_error(
     """An error answer in the SPEC's shape, as raw ASGI sends (also the app's 404 for a path
     with control characters); `rid` empty: no x-request-id."""
     body = exc.body(redact)
-    head = _encoded(exc.headers)
+    head = _encoded(error_headers(exc))
     if rid:
         head.append((b"x-request-id", rid.encode("latin-1")))
     head.append((b"content-length", str(len(body)).encode("latin-1")))

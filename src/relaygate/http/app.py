@@ -20,6 +20,7 @@ from relaygate.errors import InvalidRequest, NotFound, RelaygateError
 from relaygate.gateway import Gateway
 from relaygate.http._common import cancelled_by_us, gateway, internal_error, request_id
 from relaygate.http._fast import FastChat, answer_error
+from relaygate.http.headers import error_headers
 from relaygate.http.routes import admin, chat, clients, models, status, usage
 
 
@@ -76,7 +77,7 @@ class RelaygateApp(FastAPI):
 
 async def _relaygate_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RelaygateError)
-    headers = {**exc.headers, "x-request-id": request_id(request)}
+    headers = {**error_headers(exc), "x-request-id": request_id(request)}
     body = exc.body(gateway(request).redact)  # messages may echo what the caller sent
     return Response(body, status_code=exc.status, headers=headers, media_type="application/json")
 

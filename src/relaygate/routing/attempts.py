@@ -251,7 +251,7 @@ class _Untranslatable:
 
 
 def _counted(error: RelaygateError, attempts: int) -> RelaygateError:
-    error.headers["x-relaygate-attempts"] = str(attempts)
+    error.attempts = attempts
     return error
 
 

@@ -72,15 +72,12 @@ async def open_call(
 ) -> tuple[Completed | StreamStarted, Call]:
     """Check, admit and open one request (this route and the raw-ASGI one in http/_fast.py): the
     whole answer or the started stream. A failure carries the call's headers (rate limits)."""
-    try:
-        call, plan = await gw.begin(body, client=client, route=ROUTE, raw_size=size, request_id=rid)
-    except RelaygateError as exc:
-        exc.headers = {**limit_headers(exc.admission), **exc.headers}
-        raise
+    call, plan = await gw.begin(body, client=client, route=ROUTE, raw_size=size, request_id=rid)
     try:
         result = await gw.open_chat(body, call, plan)
     except RelaygateError as exc:
-        exc.headers = {**limit_headers(call.admission), **exc.headers}
+        if exc.admission is None:
+            exc.admission = call.admission  # its answer shows the client's rate-limit headers
         raise
     return result, call
 
