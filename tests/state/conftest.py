@@ -47,18 +47,8 @@ REDIS_TIMEOUT_S = 2.0  # the Redis backend's own per-call bound (past it, its fa
 
 
 def backend_module(name: str) -> ModuleType:
-    """`relaygate.state.<name>`, or a skip while that module is not written yet.
-
-    TEMPORARY: the SQLite, Postgres and Redis backends are being written in parallel with this
-    suite. Once all three have landed, replace the skip below by the plain import, so that a
-    missing backend fails the suite instead of skipping it."""
-    module = f"relaygate.state.{name}"
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name != module:
-            raise  # the backend exists and something it imports is missing: a real failure
-        pytest.skip(f"{module} is not written yet (backend under construction)")
+    """`relaygate.state.<name>`: every backend is written, so a missing one fails the suite."""
+    return importlib.import_module(f"relaygate.state.{name}")
 
 
 @functools.cache

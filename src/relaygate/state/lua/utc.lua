@@ -1,0 +1,16 @@
+-- Prelude of the scripts that need a calendar (prepended by state/redis_db.py): the UTC date
+-- 'YYYY-MM-DD' of a Unix time, as Python's time.gmtime gives it (days to civil date, proleptic
+-- Gregorian). Redis' Lua has no os.date.
+local function utc_date(seconds)
+  local z = math.floor(seconds / 86400) + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+    - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local day = doy - math.floor((153 * mp + 2) / 5) + 1
+  local month = mp < 10 and mp + 3 or mp - 9
+  local year = yoe + era * 400 + (month <= 2 and 1 or 0)
+  return string.format('%04d-%02d-%02d', year, month, day)
+end
