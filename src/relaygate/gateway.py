@@ -4,7 +4,6 @@ The HTTP server and the library both go through it; it needs no HTTP server of i
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -20,16 +19,15 @@ from relaygate.auth.clients import ClientInfo, ClientRegistry
 from relaygate.config.load import load_config
 from relaygate.config.model import Config, ProviderConfig
 from relaygate.errors import (
-    ConfigError,
     InvalidRequest,
     RelaygateError,
     UpstreamError,
     UpstreamTimeout,
 )
 from relaygate.inflight import SHUTTING_DOWN, Inflight, outcome
-from relaygate.keys import policy
 from relaygate.keys.pool import KeyPool
 from relaygate.keys.sync import KeySync
+from relaygate.lifecycle import Lifecycle, open_gateway_state
 from relaygate.providers import registry
 from relaygate.providers._http import UpstreamClient
 from relaygate.providers._sse import EventTooLarge, SSEBuffer, parse_event
@@ -37,16 +35,12 @@ from relaygate.providers.base import Provider
 from relaygate.routing.attempts import AttemptLoop, Completed, StreamStarted
 from relaygate.routing.deadlines import Watchdog
 from relaygate.routing.router import Router
-from relaygate.state import State, StateSettings, StateUnavailable, open_state
+from relaygate.state import State
 from relaygate.state.protocols import LedgerStore
-from relaygate.state.records import utc_day
 from relaygate.types import Failure, Target, Usage
 from relaygate.usage.ledger import CLIENT_CLOSED
 
 log = logging.getLogger("relaygate.gateway")
-FLUSH_EVERY_S = 1.0
-PRUNE_EVERY_S = 3600.0
-STARTUP_READ_S = 5.0  # each start-up read from the state store, and each shutdown write
 LIBRARY_ROUTE = "library"
 
 
@@ -55,15 +49,6 @@ def build_providers(config: Config) -> dict[str, Provider]:
     if not specs:  # a newcomer's first call works with no provider key at all
         specs = {registry.FALLBACK: ProviderConfig(type=registry.FALLBACK)}
     return {name: registry.create(name, spec) for name, spec in specs.items()}
-
-
-def state_settings(config: Config, persist: bool = True) -> StateSettings:
-    """Where state lives, from the config's DATABASE_URL, REDIS_URL and cache bounds."""
-    return StateSettings(
-        database_url=config.database_url if persist else "memory://",
-        redis_url=config.redis_url,
-        cache_max_entries=config.cache.max_entries,
-    )
 
 
 def _estimated(prompt: int, completion: int) -> Usage:
@@ -88,13 +73,7 @@ class Gateway:
         }
         self.router = Router(self.config.routing, self.providers)
         self.persist = persist  # False: state in memory only (the library's throwaway gateway)
-        try:
-            self.state: State = open_state(state_settings(self.config, persist), policy.apply)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        except (StateUnavailable, OSError) as exc:
-            reason = str(exc) if isinstance(exc, StateUnavailable) else type(exc).__name__
-            raise ConfigError(f"DATABASE_URL: the database cannot be opened ({reason})") from None
+        self.state: State = open_gateway_state(self.config, persist)
         self.keysync = KeySync(self.pools, self.state.keys, self.state.shared)
         self.clients = ClientRegistry(self.config, self.state.clients)
         self.accounting = Accounting(
@@ -129,9 +108,8 @@ class Gateway:
         self._session: aiohttp.ClientSession | None = None
         self._upstream: UpstreamClient | None = None
         self._upstream_loop: asyncio.AbstractEventLoop | None = None
-        self._tasks: list[asyncio.Task[None]] = []
         self.inflight = Inflight()  # the requests a shutdown waits for, then ends
-        self._started = False
+        self.life = Lifecycle(self)
 
     @property
     def ledger_store(self) -> LedgerStore | None:
@@ -165,75 +143,21 @@ class Gateway:
         return self._session
 
     async def start(self) -> None:
-        """Restore what the state seam holds (key states, issued clients, this month's spend)
-        and start the background work. A store that does not answer costs a warning, never the
-        start: the gateway serves with what it has and catches up when the store returns."""
-        if self._started:
-            return
-        self._started = True
-        steps = [self.keysync.restore(), self.clients.reload()]
-        if self.persist:
-            steps.append(self._seed_spend())
-        for step in steps:
-            try:
-                await asyncio.wait_for(step, STARTUP_READ_S)
-            except (StateUnavailable, TimeoutError) as exc:
-                log.warning("start-up: the state store did not answer (%s)", type(exc).__name__)
-        self._tasks.append(asyncio.create_task(self._background()))
-        if self.state.shared is not None:
-            self._tasks.append(asyncio.create_task(self.keysync.run()))
-        if self.persist:
-            self._tasks.append(asyncio.create_task(self.accounting.ledger.run()))
-            self._tasks.extend(self.accounting.reports.start(self))
-
-    async def _seed_spend(self) -> None:
-        month = utc_day(time.time())[:7]
-        spend = await self.state.ledger.month_spend(month)
-        await self.state.admissions.seed_spend(month, spend)
-
-    async def _background(self) -> None:
-        last_prune = 0.0
-        while True:
-            await asyncio.sleep(FLUSH_EVERY_S)
-            try:
-                await self.flush()
-                await self.clients.reload()
-                if self.persist and time.time() - last_prune > PRUNE_EVERY_S:
-                    last_prune = time.time()
-                    cutoff = last_prune - self.config.ledger.retention_days * 86400
-                    await self.state.ledger.prune(cutoff)
-            except Exception as exc:  # noqa: BLE001 (a background loop logs and goes on)
-                log.warning("background flush failed: %s", type(exc).__name__)
+        """Restore what the state holds and start the background work (lifecycle.py)."""
+        await self.life.start()
 
     async def flush(self) -> None:
         """Key states changed since the last flush; kept for the next one when the write fails."""
         await self.keysync.flush()
 
     async def aclose(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
-        try:  # a database that fails now costs a log line, never a traceback or a hang
-            await asyncio.wait_for(self.keysync.sync(), STARTUP_READ_S)
-            await asyncio.wait_for(self.flush(), STARTUP_READ_S)
-        except (StateUnavailable, OSError, TimeoutError) as exc:
-            log.error("shutdown: key states could not be saved (%s)", type(exc).__name__)
-        ledger = self.accounting.ledger
-        await ledger.close()
-        if self._started:
-            log.info("stopped: %d ledger rows written, %d not", ledger.written, ledger.depth)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.state.admissions.flush(), STARTUP_READ_S)
+        await self.life.stop()
         if self._session is not None:
             await self._session.close()
             self._session = None
         if self._upstream is not None:
             await self._upstream.close()
             self._upstream = None
-        await self.state.aclose()
-        self._started = False
 
     async def __aenter__(self) -> Gateway:
         await self.start()
@@ -253,8 +177,8 @@ class Gateway:
         request_id: str | None = None,
     ) -> tuple[Call, list[Target]]:
         """Validate, route and admit one request (allowed models, rate limits, budget)."""
-        if not self._started:
-            await self.start()
+        if not self.life.started:
+            await self.life.start()
         try:
             chat_fields.check(body)
         except InvalidRequest:

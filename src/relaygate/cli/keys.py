@@ -16,8 +16,8 @@ from relaygate.auth.clients import ClientRegistry
 from relaygate.auth.weekly import current_key_info
 from relaygate.config.model import Config
 from relaygate.errors import ConfigError
-from relaygate.gateway import state_settings
 from relaygate.keys import policy
+from relaygate.lifecycle import state_settings
 from relaygate.state import State, open_state
 from relaygate.usage.notifier import Delivery
 from relaygate.usage.reports import usage_report
