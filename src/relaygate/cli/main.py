@@ -273,12 +273,12 @@ def report(
 
 
 def main() -> None:
-    import sqlite3
+    from relaygate.state import StateUnavailable
 
     try:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
-    except (OSError, sqlite3.Error) as exc:  # e.g. a database path that cannot be created
+    except (OSError, StateUnavailable) as exc:  # e.g. a database that cannot be reached
         print(f"relaygate: {type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
         sys.exit(1)

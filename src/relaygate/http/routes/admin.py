@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 
 from fastapi import APIRouter
 from starlette.requests import Request
@@ -12,6 +11,7 @@ from starlette.responses import Response
 
 from relaygate.errors import NotFound
 from relaygate.http._common import DB_TIMEOUT_S, gateway, json_response, require_admin
+from relaygate.state import StateUnavailable
 
 router = APIRouter(tags=["admin"])
 log = logging.getLogger("relaygate.admin")
@@ -33,7 +33,7 @@ async def _set_key(request: Request, key_id: str, enable: bool) -> Response:
             try:  # in force now; saved now, or by the next flush when the database is away
                 async with asyncio.timeout(DB_TIMEOUT_S):
                     await gw.flush()
-            except (TimeoutError, sqlite3.Error, OSError) as exc:
+            except (TimeoutError, StateUnavailable, OSError) as exc:
                 log.warning("key state not saved yet (%s): saved later", type(exc).__name__)
             return json_response({"key": key.public(pool.clock())})
     raise NotFound(f"No upstream key with id '{key_id}'.", param="key_id")
