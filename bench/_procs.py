@@ -1,5 +1,6 @@
 """Process helpers for the bench: start pinned servers, wait for readiness, read RSS and CPU time
-from /proc, stop exactly the processes the bench started (by pid / own process group)."""
+from /proc, stop exactly the processes the bench started (by pid / own process group); a private
+redis-server (RedisServer) is one of them, ready when it answers PING."""
 
 from __future__ import annotations
 
@@ -157,6 +158,47 @@ class Server:
             time.sleep(0.3)
             if (cpu_seconds(self.pid) - before) / 0.3 < below:
                 return
+
+
+def redis_ping(port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class RedisServer(Server):
+    """A private redis-server for one run (no persistence: `--save ''`, `--appendonly no`),
+    never the system one: its own port, started and stopped by the bench."""
+
+    @classmethod
+    def make(cls, name: str, cpu: int, work: Path, env: dict[str, str]) -> RedisServer:
+        port = free_port()
+        home = work / name
+        home.mkdir(parents=True, exist_ok=True)
+        argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+        argv += ["--appendonly", "no", "--dir", str(home), "--daemonize", "no"]
+        return cls(name, argv, port, "", cpu, home, env, work / f"{name}.log")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def wait_ready(self, timeout: float = 30.0) -> float:
+        assert self.proc is not None
+        deadline = self.started_at + timeout
+        while time.perf_counter() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with {self.proc.returncode}; see {self.log}"
+                )
+            if redis_ping(self.port):
+                self.startup_s = time.perf_counter() - self.started_at
+                return self.startup_s
+            time.sleep(0.005)
+        raise RuntimeError(f"{self.name} not ready after {timeout:.0f} s; see {self.log}")
 
 
 class RssSampler:

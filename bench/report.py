@@ -1,6 +1,7 @@
-"""Writes bench/RESULTS.md from one run's raw figures: summary, goals (met / not met), details,
-the profile ranked by function and by layer, commands, versions. A hand-written analysis in
-bench/ANALYSIS.md (if present) is included as it stands, marked with the run it was written for."""
+"""Writes bench/RESULTS.md from one run's raw figures: summary, goals of issues 7 and 12 (met /
+not met), details, the profiles ranked by function and by layer, commands, versions. A
+hand-written analysis in bench/ANALYSIS.md (if present) is included as it stands, marked with the
+run it was written for."""
 
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ S1: wrk, non-streaming, 50 connections. S2: wrk, streaming (20 content chunks, u
 [DONE]), 50 connections. S3: open loop at {rate} req/s, latency from the scheduled send time.
 S4: {streams} concurrent streams, 200 ms to first byte, 20 chunks 100 ms apart; max gap is the
 worst gap between two reads of one stream over all runs; peak RSS sampled every 50 ms during S4.
-CPU µs/req: the target's user+system CPU time during S1 divided by its requests."""
+CPU µs/req: the target's user+system CPU time during S1 divided by its requests (for
+relaygate-redis: relaygate's process only; the redis-server's own CPU, on core 1, is shown apart).
+The relaygate-<commit> row is an older build (issue 12's baseline), measured in S1 and S2 only."""
+REDIS, MEMORY = "relaygate-redis", "relaygate"
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
 
@@ -40,6 +44,7 @@ class Figures:
         self.raw = raw
         self.res: dict[str, dict[str, list[dict[str, Any]]]] = raw.get("results", {})
         self.targets = list(self.res.get("S1", {}))
+        self.baseline: str | None = raw.get("baseline", {}).get("name")
 
     def med(self, scen: str, target: str, key: str) -> float | None:
         return _med(self.res.get(scen, {}).get(target, []), key)
@@ -70,13 +75,14 @@ def summary_table(fg: Figures) -> list[str]:
     for t in fg.targets:
         s4 = fg.res.get("S4", {}).get(t, [])
         done = f"{min(r['completed'] for r in s4)}/{s4[0]['streams']}" if s4 else "n/a"
-        errs = sum(r["error_count"] for r in fg.res.get("S3", {}).get(t, []))
+        s3 = fg.res.get("S3", {}).get(t, [])
+        errs = sum(r["error_count"] for r in s3) if s3 else "n/a"
         lines.append(
             f"| {t} | {_f(fg.med('S1', t, 'rps'))} | {_f(fg.med('S1', t, 'cpu_us_per_req'))} "
             f"| {_f(fg.med('S2', t, 'rps'))} | {_f(fg.med('S3', t, 'p50_ms'), '{:.2f}')} "
             f"| {_f(fg.med('S3', t, 'p99_ms'), '{:.2f}')} | {errs} | {done} "
             f"| {_f(fg.s4_worst(t, 'gap_max_ms'))} | {_f(fg.s4_worst(t, 'peak_rss_mb'), '{:.1f}')} "
-            f"| {_f(fg.startup(t), '{:.2f}') if t != 'direct' else '-'} "
+            f"| {_f(fg.startup(t), '{:.2f}') if t not in ('direct', fg.baseline) else '-'} "
             f"| {_f(fg.raw.get('idle_rss_mb', {}).get(t), '{:.1f}')} |"
         )
     return lines
@@ -134,6 +140,72 @@ def goals(fg: Figures) -> list[str]:
     return lines
 
 
+def goals_state_seam(fg: Figures) -> list[str]:
+    """Issue 12: the state seam costs the in-memory gateway at most 5 % in S1 against the build
+    before it (measured in this run beside it), and with Redis state S1 is at least 0.6 x the
+    minimal relay."""
+    base = fg.baseline
+    rps = {t: fg.med("S1", t, "rps") for t in fg.targets}
+    cpu = {t: fg.med("S1", t, "cpu_us_per_req") for t in fg.targets}
+    rows: list[tuple[str, str, bool | None]] = []
+    if base:
+        speed = _ratio(rps.get(MEMORY), rps.get(base))
+        cost = _ratio(cpu.get(MEMORY), cpu.get(base))
+        rows += [
+            (
+                f"in-memory S1 req/s within 5 % of the build before the state seam ({base})",
+                _f(speed, "{:.3f} x") + f" ({_f(rps.get(MEMORY))} vs {_f(rps.get(base))} req/s)",
+                _ok(speed, ">=", 0.95),
+            ),
+            (
+                f"in-memory S1 CPU µs/req within 5 % of {base}",
+                _f(cost, "{:.3f} x")
+                + f" ({_f(cpu.get(MEMORY), '{:.1f}')} vs {_f(cpu.get(base), '{:.1f}')} µs)",
+                _ok(cost, "<=", 1.05),
+            ),
+        ]
+    else:
+        rows.append(("in-memory S1 within 5 % of the build before the state seam", "n/a", None))
+    red = _ratio(rps.get(REDIS), rps.get("minimal"))
+    rows.append(
+        (
+            "Redis-state S1 >= 0.6 x minimal relay",
+            _f(red, "{:.2f} x") + f" ({_f(rps.get(REDIS))} vs {_f(rps.get('minimal'))} req/s)",
+            _ok(red, ">=", 0.6),
+        )
+    )
+    lines = ["| goal | measured | met |", "|---|---|---|"]
+    for goal, measured, ok in rows:
+        verdict = "n/a" if ok is None else ("met" if ok else "**not met**")
+        lines.append(f"| {goal} | {measured} | {verdict} |")
+    lines += [
+        "",
+        "S1 side by side (medians of this run; x minimal = req/s over the minimal relay's):",
+        "",
+        "| target | state | S1 req/s | x minimal | CPU µs/req (relay) | redis-server CPU µs/req "
+        "| S2 streams/s | S2 CPU µs/stream |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    kinds = {
+        MEMORY: "memory + SQLite ledger",
+        REDIS: "Redis (REDIS_URL) + SQLite ledger",
+        "minimal": "none",
+    }
+    if base:
+        kinds[base] = "memory + SQLite (before the state seam)"
+    for t, kind in kinds.items():
+        if t not in fg.targets:
+            continue
+        lines.append(
+            f"| {t} | {kind} | {_f(rps.get(t))} "
+            f"| {_f(_ratio(rps.get(t), rps.get('minimal')), '{:.2f}')} "
+            f"| {_f(cpu.get(t), '{:.1f}')} "
+            f"| {_f(fg.med('S1', t, 'companion_cpu_us_per_req'), '{:.1f}') if t == REDIS else '-'} "
+            f"| {_f(fg.med('S2', t, 'rps'))} | {_f(fg.med('S2', t, 'cpu_us_per_req'), '{:.1f}')} |"
+        )
+    return lines
+
+
 def _added_gap(fg: Figures, target: str) -> float | None:
     t, d = fg.s4_worst(target, "gap_max_ms"), fg.s4_worst("direct", "gap_max_ms")
     return t - d if t is not None and d is not None else None
@@ -149,12 +221,25 @@ def ratios(fg: Figures) -> list[str]:
     out = []
     for scen, label in (("S1", "S1 req/s"), ("S2", "S2 streams/s")):
         vals = {t: fg.med(scen, t, "rps") for t in fg.targets}
-        parts = [
-            f"relaygate / {other} = {_f(_ratio(vals.get('relaygate'), vals.get(other)), '{:.2f}')}"
-            for other in ("minimal", "litellm", "direct")
-            if other in vals
-        ]
-        out.append(f"- {label}: " + "; ".join(parts))
+        for rg in (MEMORY, REDIS):
+            if rg not in vals:
+                continue
+            others = ["minimal", "litellm", "direct"] + ([MEMORY] if rg == REDIS else [])
+            if rg == MEMORY and fg.baseline:
+                others.append(fg.baseline)
+            parts = [
+                f"{rg} / {other} = {_f(_ratio(vals.get(rg), vals.get(other)), '{:.2f}')}"
+                for other in others
+                if other in vals
+            ]
+            out.append(f"- {label}: " + "; ".join(parts))
+    redis_cpu = fg.med("S1", REDIS, "companion_cpu_us_per_req")
+    if redis_cpu is not None:
+        out.append(
+            f"- S1, relaygate-redis: the redis-server's own CPU (core 1, not in the table's "
+            f"CPU column) {_f(redis_cpu, '{:.1f}')} µs a request; in S2 "
+            f"{_f(fg.med('S2', REDIS, 'companion_cpu_us_per_req'), '{:.1f}')} µs a stream"
+        )
     for t in fg.targets:
         if t == "direct":
             continue
@@ -168,8 +253,8 @@ def ratios(fg: Figures) -> list[str]:
 
 def details(fg: Figures) -> list[str]:
     keys = {
-        "S1": ("rps", "lat_p50_us", "lat_p99_us", "errors", "cpu_us_per_req"),
-        "S2": ("rps", "lat_p50_us", "lat_p99_us", "errors", "cpu_us_per_req"),
+        "S1": ("rps", "lat_p50_us", "lat_p99_us", "errors", "cpu_us_per_req", "redis_cpu_us"),
+        "S2": ("rps", "lat_p50_us", "lat_p99_us", "errors", "cpu_us_per_req", "redis_cpu_us"),
         "S3": ("p50_ms", "p90_ms", "p99_ms", "max_ms", "error_count", "send_lag_max_ms"),
         "S4": (
             "completed",
@@ -187,13 +272,16 @@ def details(fg: Figures) -> list[str]:
         out.append("|" + "---|" * (len(cols) + 2))
         for t, runs in fg.res.get(scen, {}).items():
             for i, r in enumerate(runs, 1):
-                vals = [_f(r.get(c), "{:,.1f}") for c in cols]
+                vals = [_f(r.get(_RAW_KEY.get(c, c)), "{:,.1f}") for c in cols]
                 out.append(f"| {t} | {i} | " + " | ".join(vals) + " |")
         errs = {t: [r.get("errors") for r in runs] for t, runs in fg.res.get(scen, {}).items()}
         if scen in ("S3", "S4") and any(any(e for e in v) for v in errs.values()):
             out.append("")
             out.append(f"{scen} errors by kind: " + "; ".join(f"{t}: {v}" for t, v in errs.items()))
     return out
+
+
+_RAW_KEY = {"redis_cpu_us": "companion_cpu_us_per_req"}  # a column's name -> its raw figure
 
 
 def _layer(path: str) -> str:
@@ -284,11 +372,29 @@ def write_report(raw: dict[str, Any], out: Path, *, bench_dir: Path) -> None:
         + ", ".join(
             f"{k}: {'on' if on else 'NOT AVAILABLE'}" for k, on in raw.get("features", {}).items()
         )
-        + ".",
+        + ". The `relaygate` target keeps its state in memory (the ledger in SQLite); "
+        "`relaygate-redis` is the same config served with "
+        + (
+            f"`REDIS_URL={raw['redis']['url']}`, a private `redis-server` started for the run "
+            "(no persistence) pinned to core 1 beside the load"
+            if raw.get("redis")
+            else "REDIS_URL (not measured in this run)"
+        )
+        + "."
+        + (
+            f" `{raw['baseline']['name']}` is the in-memory relaygate of commit "
+            f"{raw['baseline']['commit']} (its src/ from `git archive`), S1 and S2 only."
+            if raw.get("baseline")
+            else ""
+        ),
         "",
         "## Goals (issue 7)",
         "",
         *goals(fg),
+        "",
+        "## Goals (issue 12: the state seam)",
+        "",
+        *goals_state_seam(fg),
         "",
         "## Summary (medians)",
         "",
@@ -315,7 +421,12 @@ def write_report(raw: dict[str, Any], out: Path, *, bench_dir: Path) -> None:
             f"{k}: {[round(x, 3) for x in vals]}" for k, vals in raw.get("startup_s", {}).items()
         ),
         f"- RSS after the whole run (MB): {_rounded(raw.get('rss_after_mb'))}; "
-        f"VmHWM (lifetime peak, MB): {_rounded(raw.get('hwm_mb'))}",
+        f"VmHWM (lifetime peak, MB): {_rounded(raw.get('hwm_mb'))}"
+        + (
+            f"; the redis-server {raw['redis']['rss_after_mb']:.1f}"
+            if raw.get("redis", {}).get("rss_after_mb") is not None
+            else ""
+        ),
         "",
         "Heaviest imports under `import relaygate` (cumulative µs, `python -X importtime`):",
         "",
@@ -327,7 +438,7 @@ def write_report(raw: dict[str, Any], out: Path, *, bench_dir: Path) -> None:
     prof = raw.get("profile", {})
     for scen, p in prof.items():
         lines += [
-            f"### Under {scen} ({_f(p.get('load_rps'))} req/s while sampled)",
+            f"### {_profile_title(scen)} ({_f(p.get('load_rps'))} req/s while sampled)",
             "",
             f"Commands: {'; '.join(f'`{c}`' for c in p.get('commands', []))}",
             "",
@@ -371,6 +482,12 @@ def write_report(raw: dict[str, Any], out: Path, *, bench_dir: Path) -> None:
         if 0 <= start < end:
             text += "\n" + old[start : end + len(SOAK_END)] + "\n"
     out.write_text(text)
+
+
+def _profile_title(key: str) -> str:
+    """'S1' -> 'Under S1' (relaygate); 'S1, relaygate-redis' -> 'relaygate-redis under S1'."""
+    scen, _, target = key.partition(", ")
+    return f"{target} under {scen}" if target else f"Under {scen}"
 
 
 def _rounded(d: dict[str, float] | None) -> str:

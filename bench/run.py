@@ -1,16 +1,25 @@
-"""The benchmark (issue 7): `make bench`, or `BENCH_QUICK=1 make bench` for a short smoke run.
+"""The benchmark (issues 7 and 12): `make bench`, or `BENCH_QUICK=1 make bench` for a short
+smoke run.
 
-Every target runs pinned to core 0 (`taskset -c 0`); the load generators and the upstream mock
-that the relays forward to run on core 1. Targets, all alive during one run and measured in
-interleaved rounds so drift hits each alike:
-  direct     - a second mock upstream, hit directly (the mock's own ceiling and the baseline);
-  relaygate  - `relaygate serve` with client auth, a 3-key round-robin pool (see TODO below);
-  minimal    - bench/minimal_relay.py, the yardstick;
-  litellm    - LiteLLM's proxy from its own venv (bench/.venv-litellm), one worker, no database.
+Every target runs pinned to core 0 (`taskset -c 0`); the load generators, the upstream mock that
+the relays forward to and the private redis-server run on core 1. Targets, all alive during one
+run and measured in interleaved rounds so drift hits each alike:
+  direct            - a second mock upstream, hit directly (the mock's own ceiling and baseline);
+  relaygate         - `relaygate serve` with client auth, a 3-key round-robin pool, client rate
+                      limits and the ledger (see TODO below); state in memory, the ledger in SQLite;
+  relaygate-redis   - the same config and features, served with REDIS_URL pointing at a private
+                      `redis-server --save '' --appendonly no` started by the bench (never the
+                      system one): admissions, key states and the rest of the hot state in Redis;
+  relaygate-<commit> - the in-memory relaygate of an older commit (BENCH_BASELINE, by default
+                      52a0630: the build before the state seam), from `git archive` of its src/,
+                      S1 and S2 only: issue 12's goal that in-memory S1 stays within 5 % of it;
+  minimal           - bench/minimal_relay.py, the yardstick;
+  litellm           - LiteLLM's proxy from its own venv (bench/.venv-litellm), one worker, no DB.
 Scenarios: S1 (wrk, non-streaming, 50 connections), S2 (wrk, streaming, 20 chunks), S3 (open
-loop at 200 req/s), S4 (1,000 concurrent slow streams), start-up, idle RSS, import time; then a
-py-spy profile of relaygate under S1. Writes bench/RESULTS.md (quick runs write
-bench/results/RESULTS-quick.md) and the raw figures to bench/results/.
+loop at 200 req/s), S4 (1,000 concurrent slow streams), start-up, idle RSS, import time; then
+py-spy profiles of relaygate under S1 and S2 and of relaygate-redis under S1. The redis-server's
+own CPU per request is measured beside relaygate-redis's. Writes bench/RESULTS.md (quick runs
+write bench/results/RESULTS-quick.md) and the raw figures to bench/results/.
 
 TODO(bench) - relaygate's configuration is probed at run time (relaygate_features below): each
 feature is switched on when its config key exists in src/relaygate/config/model.py, and the
@@ -22,7 +31,11 @@ report lists what was on. Still to do as relaygate grows:
     ./relaygate-data/relaygate.db; on when Config has `ledger`;
   - budgets (clients[].monthly_budget_usd + pricing:): not part of issue 7's feature list, so
     off; switch on here if the goals are to include budget reservations;
-  - Redis (redis_url) is deliberately off: the goals are for one process with embedded defaults;
+  - Redis: the `relaygate` target keeps the embedded defaults (state in memory, SQLite), which
+    issue 7's goals are about; `relaygate-redis` is the same config with REDIS_URL set (issue 12),
+    on when Config has `redis_url` and `redis-server` is installed (BENCH_SKIP_REDIS=1: off);
+  - the baseline commit (BENCH_BASELINE, default 52a0630; empty to leave it out) is measured in
+    S1 and S2 only; move it on when a later build becomes the one to stay within 5 % of;
   - metrics (/metrics, prometheus-client) are always on in relaygate; nothing to configure.
 """
 
@@ -43,7 +56,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _procs import CLK_TCK, RssSampler, Server, cpu_seconds, free_port, hwm_mb, rss_mb, tree
+from _procs import (
+    CLK_TCK,
+    RedisServer,
+    RssSampler,
+    Server,
+    cpu_seconds,
+    free_port,
+    hwm_mb,
+    rss_mb,
+    tree,
+)
 from report import profile_lines, write_report
 
 BENCH = Path(__file__).resolve().parent
@@ -58,6 +81,8 @@ LITELLM_KEY = "sk-bench-litellm-master-key"
 BASE_MODEL = "gpt-4o-mini"
 SLOW_MODEL = "gpt-4o-mini-ttfb200-gap100-n20"  # the mock reads delays from the model name
 TARGET_CPU, LOAD_CPU = "0", "1"
+BASELINE_COMMIT = "52a0630"  # issue 12: the build before the state seam
+BASELINE_SCENARIOS = ("S1", "S2")
 
 RELAYGATE_CONFIG = """\
 # Written by bench/run.py: client auth (static key), a 3-key round-robin pool{extra_doc}.
@@ -124,6 +149,15 @@ def ensure_wrk() -> None:
         sys.exit("wrk is needed: apt-get install -y wrk")
 
 
+def ensure_redis_server() -> bool:
+    """redis-server for the relaygate-redis target (Debian's, installed when run as root)."""
+    if not shutil.which("redis-server") and os.geteuid() == 0 and shutil.which("apt-get"):
+        log("installing redis-server from Debian (apt-get)")
+        subprocess.run(["apt-get", "update", "-qq"], check=False)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"], check=False)
+    return shutil.which("redis-server") is not None
+
+
 def ensure_venv(path: Path, packages: list[str], probe: str) -> str | None:
     """Create `path` with `packages` unless `probe` already exists in it. None, or why it failed."""
     if (path / "bin" / probe).exists():
@@ -157,7 +191,8 @@ def versions(litellm_ok: bool) -> dict[str, str]:
     probe = (
         "import importlib.metadata as m;"
         "print(' '.join(f'{p}=={m.version(p)}' for p in "
-        "('relaygate','aiohttp','uvicorn','uvloop','httptools','orjson','fastapi','starlette')))"
+        "('relaygate','aiohttp','uvicorn','uvloop','httptools','orjson','fastapi','starlette',"
+        "'redis','hiredis')))"
     )
     found = {
         "python": platform.python_version(),
@@ -171,6 +206,8 @@ def versions(litellm_ok: bool) -> dict[str, str]:
         "packages (project venv)": out([str(PY), "-c", probe]),
         "wrk": out(["wrk", "--version"]).split(" Copyright")[0],
     }
+    if shutil.which("redis-server"):
+        found["redis-server"] = out(["redis-server", "--version"])
     if litellm_ok:
         found["litellm"] = out(
             [
@@ -234,8 +271,17 @@ def load_snapshot(label: str, mine: set[int]) -> dict[str, Any]:
 
 # --- targets --------------------------------------------------------------------------------------
 class Target:
-    def __init__(self, name: str, server: Server, *, key: str = "", prefix: str = "") -> None:
+    def __init__(
+        self,
+        name: str,
+        server: Server,
+        *,
+        key: str = "",
+        prefix: str = "",
+        companion: Server | None = None,
+    ) -> None:
         self.name, self.server, self.key, self.prefix = name, server, key, prefix
+        self.companion = companion  # a process serving only this target (its Redis): CPU counted
 
     @property
     def url(self) -> str:
@@ -264,6 +310,7 @@ def relaygate_features() -> dict[str, bool]:
         "3-key pool, round_robin": True,
         "client rate limits (rpm, tpm)": "rpm" in client_fields and "tpm" in client_fields,
         "usage ledger": "ledger" in config_fields,
+        "state on Redis (REDIS_URL)": "redis_url" in config_fields,
     }
 
 
@@ -283,14 +330,43 @@ def relaygate_config(upstream: str, features: dict[str, bool]) -> str:
     )
 
 
-def relaygate_server(config_text: str, work: Path) -> Server:
-    home = work / "relaygate"
+def relaygate_server(
+    config_text: str,
+    work: Path,
+    *,
+    name: str = "relaygate",
+    redis_url: str | None = None,
+    src: Path | None = None,
+) -> Server:
+    """`relaygate serve` in a home of its own (its own SQLite ledger); with `redis_url` the hot
+    state is in that Redis; with `src` another source tree is served (PYTHONPATH wins over the
+    editable install, as in compare.py)."""
+    home = work / name
     home.mkdir(exist_ok=True)
     cfg = home / "relaygate.yaml"
     cfg.write_text(config_text)
     port = free_port()
-    argv = [str(RELAYGATE), "serve", "--config", str(cfg), "--port", str(port)]
-    return Server("relaygate", argv, port, "/health", 0, home, clean_env(), work / "relaygate.log")
+    extra = {"REDIS_URL": redis_url} if redis_url else {}
+    if src is None:
+        argv = [str(RELAYGATE), "serve", "--config", str(cfg), "--port", str(port)]
+    else:
+        extra["PYTHONPATH"] = str(src)
+        argv = [str(PY), "-m", "relaygate", "serve", "--config", str(cfg), "--port", str(port)]
+    env = clean_env(**extra)
+    return Server(name, argv, port, "/health", 0, home, env, work / f"{name}.log")
+
+
+def baseline_tree(commit: str, work: Path) -> tuple[Path | None, str | None]:
+    """src/ of `commit` from git (`git archive`), or why not."""
+    dest = work / f"src-{commit}"
+    dest.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", commit, "src"], capture_output=True, timeout=120
+    )
+    if archive.returncode != 0:
+        return None, archive.stderr.decode(errors="replace").strip()[-300:]
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return dest / "src", None
 
 
 def minimal_server(upstream: str, work: Path) -> Server:
@@ -332,9 +408,12 @@ def wrk(target: Target, *, seconds: int, stream: bool) -> dict[str, Any]:
     )
     cmd = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", "-c50", f"-d{seconds}s", "--timeout", "10s"]
     cmd += ["-s", str(BENCH / "post.lua"), target.url]
+    side = target.companion
     cpu0 = cpu_seconds(target.server.pid)
+    side0 = cpu_seconds(side.pid) if side is not None else 0.0
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=seconds + 60)
     cpu = cpu_seconds(target.server.pid) - cpu0
+    side_cpu = cpu_seconds(side.pid) - side0 if side is not None else None
     line = next((ln for ln in res.stdout.splitlines() if ln.startswith("WRKJSON ")), None)
     if line is None:
         raise RuntimeError(f"wrk gave no result: {res.stdout[-500:]} {res.stderr[-500:]}")
@@ -345,6 +424,8 @@ def wrk(target: Target, *, seconds: int, stream: bool) -> dict[str, Any]:
         + data["timeouts"]
     )
     data["cpu_us_per_req"] = cpu * 1e6 / data["requests"] if data["requests"] else None
+    if side_cpu is not None and data["requests"]:  # e.g. redis-server's CPU, on core 1
+        data["companion_cpu_us_per_req"] = side_cpu * 1e6 / data["requests"]
     data["command"] = " ".join(f"{k}={v}" for k, v in env.items() if k.startswith("BENCH_"))
     data["command"] += " " + " ".join(cmd)
     return data
@@ -424,9 +505,11 @@ def startup_times(make: Any, reps: int) -> list[float]:
     return out
 
 
-def profile(target: Target, s: Settings, *, stream: bool, svg: Path | None) -> dict[str, Any]:
+def profile(
+    target: Target, s: Settings, *, stream: bool, svg: Path | None, tag: str = ""
+) -> dict[str, Any]:
     spy = TOOLS_VENV / "bin" / "py-spy"
-    tag = "s2" if stream else "s1"
+    tag = tag or ("s2" if stream else "s1")
     raw = RESULTS_DIR / f"profile-{tag}.txt"
     base = ["taskset", "-c", LOAD_CPU, str(spy), "record", "--pid", str(target.server.pid)]
     # --gil: only the thread holding the GIL is sampled, i.e. where the one core's time goes
@@ -457,6 +540,25 @@ def profile(target: Target, s: Settings, *, stream: bool, svg: Path | None) -> d
     }
 
 
+def log_warnings(work: Path, names: tuple[str, ...]) -> list[str]:
+    """What the relaygate targets logged at WARNING or worse (e.g. Redis unavailable: the
+    failover answered from memory, and the Redis figures would not be Redis'), counted by line."""
+    out = []
+    for name in filter(None, names):
+        path = work / f"{name}.log"
+        if not path.exists():
+            continue
+        found: dict[str, int] = {}
+        for line in path.read_text(errors="replace").splitlines():
+            if any(level in line for level in ("WARNING", "ERROR", "CRITICAL", "Traceback")):
+                text = line.split(" - ", 1)[-1][:160] if " - " in line else line[:160]
+                found[text] = found.get(text, 0) + 1
+        if found:
+            parts = "; ".join(f"{n} x `{text}`" for text, n in list(found.items())[:5])
+            out.append(f"{name} logged warnings or errors: {parts}")
+    return out
+
+
 # --- the run --------------------------------------------------------------------------------------
 def median_of(runs: list[dict[str, Any]], key: str) -> float | None:
     vals = [r[key] for r in runs if r.get(key) is not None]
@@ -468,6 +570,15 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", default=os.environ.get("BENCH_QUICK") == "1")
     ap.add_argument(
         "--skip-litellm", action="store_true", default=bool(os.environ.get("BENCH_SKIP_LITELLM"))
+    )
+    ap.add_argument(
+        "--skip-redis", action="store_true", default=bool(os.environ.get("BENCH_SKIP_REDIS"))
+    )
+    ap.add_argument(
+        "--baseline",
+        default=os.environ.get("BENCH_BASELINE", BASELINE_COMMIT),
+        help="a commit whose in-memory relaygate is measured in S1 and S2 beside this one "
+        f"(default {BASELINE_COMMIT}; empty: none)",
     )
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument(
@@ -514,6 +625,27 @@ def main() -> None:
         raw["features"] = relaygate_features()
         rg_config = relaygate_config(up_url, raw["features"])
         raw["relaygate_config"] = rg_config
+        redis: RedisServer | None = None
+        if args.skip_redis:
+            notes.append("relaygate-redis not measured: skipped (BENCH_SKIP_REDIS).")
+        elif not raw["features"]["state on Redis (REDIS_URL)"]:
+            notes.append("relaygate-redis not measured: this relaygate has no redis_url setting.")
+        elif not ensure_redis_server():
+            notes.append("relaygate-redis not measured: redis-server is not installed.")
+        else:
+            redis = RedisServer.make("redis", int(LOAD_CPU), work, clean_env())
+            redis.start()
+            servers.append(redis)
+            redis.wait_ready()
+            raw["redis"] = {"url": redis.url, "command": redis.command}
+        baseline_src: Path | None = None
+        baseline_name = f"relaygate-{args.baseline[:7]}" if args.baseline else ""
+        if args.baseline:
+            baseline_src, why = baseline_tree(args.baseline, work)
+            if baseline_src is None:
+                notes.append(f"{baseline_name} not measured: git archive failed ({why}).")
+            else:
+                raw["baseline"] = {"commit": args.baseline, "name": baseline_name}
 
         log("import time")
         raw["import"] = import_time(s.import_reps)
@@ -522,6 +654,14 @@ def main() -> None:
             "relaygate": (lambda: relaygate_server(rg_config, work), s.startup_reps),
             "minimal": (lambda: minimal_server(up_url, work), s.startup_reps),
         }
+        if redis is not None:
+            redis_url = redis.url
+            makers["relaygate-redis"] = (
+                lambda: relaygate_server(
+                    rg_config, work, name="relaygate-redis", redis_url=redis_url
+                ),
+                s.startup_reps,
+            )
         if litellm_err is None:
             makers["litellm"] = (lambda: litellm_server(up_url, work), 2 if not s.quick else 1)
         raw["startup_s"] = {name: startup_times(make, n) for name, (make, n) in makers.items()}
@@ -531,6 +671,16 @@ def main() -> None:
         targets.append(
             Target("relaygate", relaygate_server(rg_config, work), key=CLIENT_KEY, prefix="mock/")
         )
+        if redis is not None:
+            rg_redis = relaygate_server(
+                rg_config, work, name="relaygate-redis", redis_url=redis.url
+            )
+            targets.append(
+                Target("relaygate-redis", rg_redis, key=CLIENT_KEY, prefix="mock/", companion=redis)
+            )
+        if baseline_src is not None:
+            old = relaygate_server(rg_config, work, name=baseline_name, src=baseline_src)
+            targets.append(Target(baseline_name, old, key=CLIENT_KEY, prefix="mock/"))
         targets.append(Target("minimal", minimal_server(up_url, work)))
         if litellm_err is None:
             targets.append(Target("litellm", litellm_server(up_url, work), key=LITELLM_KEY))
@@ -542,6 +692,8 @@ def main() -> None:
         raw["idle_rss_mb"] = {t.name: rss_mb(t.server.pid) for t in targets}
         raw["commands"] = {t.name: t.server.command for t in targets}
         raw["commands"]["upstream-mock"] = upstream.command
+        if redis is not None:
+            raw["commands"]["redis"] = redis.command
         mine = {os.getpid(), *(p for srv in servers for p in tree(srv.pid))}
         raw["load"].append(load_snapshot("before", mine))
         log("warm-up")
@@ -562,6 +714,8 @@ def main() -> None:
                 for t in targets:
                     if scen == "S4" and t.name == "litellm" and rep > 0:
                         continue  # one S4 run of LiteLLM is enough, and it is slow
+                    if t.name == baseline_name and scen not in BASELINE_SCENARIOS:
+                        continue
                     log(f"{scen} run {rep + 1}/{s.reps} {t.name}")
                     t.server.wait_idle()
                     results[scen][t.name].append(fn(t))
@@ -570,6 +724,8 @@ def main() -> None:
         raw["litellm_config"] = LITELLM_USED.get("config", "")
         raw["rss_after_mb"] = {t.name: rss_mb(t.server.pid) for t in targets}
         raw["hwm_mb"] = {t.name: hwm_mb(t.server.pid) for t in targets}
+        if redis is not None:
+            raw["redis"]["rss_after_mb"] = rss_mb(redis.pid)
 
         if not args.no_profile and not spy_err:
             rg = next(t for t in targets if t.name == "relaygate")
@@ -579,9 +735,16 @@ def main() -> None:
                 "S1": profile(rg, s, stream=False, svg=svg),
                 "S2": profile(rg, s, stream=True, svg=None),
             }
+            rg_redis_t = next((t for t in targets if t.name == "relaygate-redis"), None)
+            if rg_redis_t is not None:
+                log("profiling relaygate-redis under S1 with py-spy")
+                raw["profile"]["S1, relaygate-redis"] = profile(
+                    rg_redis_t, s, stream=False, svg=None, tag="s1-redis"
+                )
     finally:
         for srv in reversed(servers):
             srv.stop()
+    notes.extend(log_warnings(work, ("relaygate", "relaygate-redis", baseline_name)))
     raw["elapsed_s"] = time.time() - started
     raw["finished_utc"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     stamp = time.strftime("%Y%m%d-%H%M%S")
