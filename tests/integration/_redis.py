@@ -12,8 +12,9 @@ from tests.fakes._server import free_port
 
 
 class PrivateRedis:
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *extra: str) -> None:
         self.port = port or free_port()
+        self.extra = extra  # more redis-server options, e.g. ("--requirepass", "...")
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -34,6 +35,7 @@ class PrivateRedis:
                 "",
                 "--appendonly",
                 "no",
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -43,7 +45,7 @@ class PrivateRedis:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
                     s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
+                    if s.recv(16).startswith((b"+PONG", b"-NOAUTH")):
                         return self
             except OSError:
                 time.sleep(0.05)

@@ -149,6 +149,20 @@ def count_commands(client: aioredis.Redis) -> list[tuple[Any, ...]]:
     return calls
 
 
+def count_wire(state: RedisState, calls: list[tuple[Any, ...]]) -> None:
+    """Also every command the request path's pipelined connection sends (redis_wire)."""
+    wire = state.db.wire
+    if wire is None:
+        return
+    real = wire.call
+
+    async def counting(*args: Any) -> Any:
+        calls.append(args)
+        return await real(*args)
+
+    wire.call = counting  # type: ignore[method-assign]
+
+
 async def fails_fast(call: Awaitable[Any], bound_s: float) -> StateUnavailable:
     t0 = time.monotonic()
     with pytest.raises(StateUnavailable) as caught:
@@ -162,6 +176,7 @@ async def test_an_admission_is_one_round_trip(states: Callable[..., RedisState])
     state = states()
     assert (await state.admissions.admit(req(rpm=5))).allowed  # the script is loaded now
     calls = count_commands(state.db.client)
+    count_wire(state, calls)
     admit_sha = state.db.script("admit.lua", "utc.lua").sha
     shapes = [
         req(rpm=5),
@@ -214,8 +229,9 @@ async def test_windows_expire(states: Callable[..., RedisState]) -> None:
         assert 0 < await state.db.client.ttl(state.db.key(name, "c1")) <= 120
 
 
+@pytest.mark.parametrize("wire", [True, False], ids=["pipelined-connection", "redis-py"])
 async def test_settlements_are_queued_and_sent_in_one_pipeline(
-    states: Callable[..., RedisState],
+    states: Callable[..., RedisState], wire: bool
 ) -> None:
     state = states()
     adm, primary, client = state.admissions, state.admissions.primary, state.db.client
@@ -224,6 +240,28 @@ async def test_settlements_are_queued_and_sent_in_one_pipeline(
         await adm.admit(req(tpm=10**9, tokens=10, budget=100.0, cost=0.01)) for _ in range(600)
     ]
     sent: list[list[str]] = []
+    if state.db.wire is not None and not wire:
+        state.db.wire.close()
+        state.db.wire = None  # the library alternative: a redis-py pipeline
+    elif wire:
+        assert state.db.wire is not None
+        proto = state.db.wire._proto
+        assert proto is not None and proto.transport is not None
+        real_write, real_call = proto.transport.write, state.db.wire.call
+        batch: list[str] = []
+
+        def write(data: bytes) -> None:
+            if batch:
+                sent.append(list(batch))
+                batch.clear()
+            real_write(data)
+
+        async def call(*args: Any) -> Any:
+            batch.append(str(args[0]))
+            return await real_call(*args)
+
+        proto.transport.write = write  # type: ignore[method-assign]
+        state.db.wire.call = call  # type: ignore[method-assign]
     real_pipeline = client.pipeline
 
     def pipeline(*args: Any, **kwargs: Any) -> Any:

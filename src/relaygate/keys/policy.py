@@ -35,11 +35,11 @@ def apply(record: KeyRecord, event: KeyEvent, now: float, rules: Rules) -> KeyRe
     r = replace(refresh(record, now))
     kind = event.kind
     if kind == "used":
-        r.requests_today += 1
-        r.requests_total += 1
+        r.requests_today += event.count
+        r.requests_total += event.count
     elif kind == "unused":
-        r.requests_today = max(0, r.requests_today - 1)
-        r.requests_total = max(0, r.requests_total - 1)
+        r.requests_today = max(0, r.requests_today - event.count)
+        r.requests_total = max(0, r.requests_total - event.count)
     elif kind == "success":
         r.tokens_today += event.tokens
         r.tokens_total += event.tokens

@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
 
 from relaygate.keys.pool import KeyPool
 from relaygate.state import StateUnavailable
@@ -77,7 +79,8 @@ class KeySync:
                 pauses_out.append((name, pause))
         try:
             if events:
-                await shared.apply(events, next(iter(self.pools.values())).rules)
+                rules = next(iter(self.pools.values())).rules
+                await shared.apply(coalesce(events), rules)
             for name, until in pauses_out:
                 await shared.pause(name, until)
             records = await shared.load()
@@ -105,3 +108,40 @@ class KeySync:
 
     def snapshot(self) -> list[KeyRecord]:
         return [k.record() for pool in self.pools.values() for k in pool.keys]
+
+
+def coalesce(events: list[KeyEvent]) -> list[KeyEvent]:
+    """The same outcome in fewer events: per key, a run of `used` and `success` events (they
+    commute: one counts a request, the other its tokens and clears the failure streak) becomes
+    one `used` with their count and one `success` with their tokens; any other event of that key
+    ends its run and keeps its place after it. Keys are independent of each other."""
+    out: list[KeyEvent] = []
+    runs: dict[str, list[Any]] = {}  # key id: [first used, uses, first success, tokens]
+
+    def close(key_id: str) -> None:
+        run = runs.pop(key_id, None)
+        if run is None:
+            return
+        if run[0] is not None:
+            out.append(replace(run[0], count=run[1]))
+        if run[2] is not None:
+            out.append(replace(run[2], tokens=run[3]))
+
+    for event in events:
+        kind = event.kind
+        if kind == "used" or kind == "success":
+            run = runs.get(event.key_id)
+            if run is None:
+                run = runs[event.key_id] = [None, 0, None, 0]
+            if kind == "used":
+                run[0] = run[0] or event
+                run[1] += event.count
+            else:
+                run[2] = run[2] or event
+                run[3] += event.tokens
+        else:
+            close(event.key_id)
+            out.append(event)
+    for key_id in list(runs):
+        close(key_id)
+    return out

@@ -96,6 +96,7 @@ class KeyEvent:
     retry_after_s: float | None = None
     reset_at: float | None = None
     message: str = ""
+    count: int = 1  # `used` / `unused`: that many picks at once (coalesced by keys/sync.py)
 
 
 @dataclass(frozen=True, slots=True)

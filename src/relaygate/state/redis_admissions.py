@@ -112,7 +112,7 @@ class RedisAdmissions:
         args: list[Any] = [client, _limit(rpm), _limit(tpm), request.tokens]
         args += ["" if budget is None else nanos(budget), max(0, nanos(request.cost_usd))]
         args += [db.prefix, RESERVATION_TTL_S, TOMBSTONE_TTL_S, WINDOW_TTL_S, ACCOUNT_TTL_S]
-        out = await db.evalsha("admit.lua", keys, args, "utc.lua")
+        out = await db.evalsha_hot("admit.lua", keys, args, "utc.lua")
         allowed, refused, left_requests, reset_us, left_tokens, retry, left, month, n, second = out
         adm = Admission(
             bool(allowed),
@@ -272,20 +272,27 @@ class RedisAdmissions:
         script = db.script("settle.lua")
         chunks = [batch[i : i + CHUNK] for i in range(0, len(batch), CHUNK)]
 
+        calls: list[tuple[list[str], list[Any]]] = []
+        for chunk in chunks:
+            keys: list[str] = []
+            args: list[Any] = [ACCOUNT_TTL_S]
+            for op in chunk:
+                keys += [db.key("req", op.client), db.key("tok", op.client)]
+                keys += [db.key(name, op.month, op.client) for name in ("acct", "res")]
+                args += [op.kind, op.number, op.took, op.second]
+                args += [op.estimate, op.tokens, op.cost]
+            calls.append((keys, args))
+
         async def send(client: Redis) -> list[Any]:
             async with client.pipeline(transaction=False) as pipe:  # its connection goes back
-                for chunk in chunks:
-                    keys: list[str] = []
-                    args: list[Any] = [ACCOUNT_TTL_S]
-                    for op in chunk:
-                        keys += [db.key("req", op.client), db.key("tok", op.client)]
-                        keys += [db.key(name, op.month, op.client) for name in ("acct", "res")]
-                        args += [op.kind, op.number, op.took, op.second]
-                        args += [op.estimate, op.tokens, op.cost]
+                for keys, args in calls:
                     await script(keys=keys, args=args, client=pipe)
                 return await pipe.execute(raise_on_error=False)
 
-        for chunk, result in zip(chunks, await db.run(send), strict=True):
+        results = await db.evalsha_batch("settle.lua", calls)
+        if results is None:
+            results = await db.run(send)
+        for chunk, result in zip(chunks, results, strict=True):
             if isinstance(result, Exception):  # Redis answered: it is never going to take them
                 log.warning(
                     "Redis refused %d settlements (%s): dropped", len(chunk), type(result).__name__

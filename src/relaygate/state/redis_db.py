@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from redis.retry import Retry
 
 from relaygate.state.protocols import Admissions
 from relaygate.state.records import StateUnavailable
+from relaygate.state.redis_wire import PipelinedConnection, ReplyErrorFromServer
 
 if TYPE_CHECKING:
     from relaygate.state.failover import FailoverAdmissions
@@ -45,7 +47,7 @@ HEALTH_CHECK_S = 30
 BEAT_S = 2.0  # the heartbeat's period
 STALE_S = 6.0  # a replica not seen for this long is gone
 REPLICAS_TTL_S = 60
-_ERRORS = (RedisError, OSError, TimeoutError)  # TimeoutError: asyncio's, and the socket's
+_ERRORS = (RedisError, OSError, TimeoutError, ReplyErrorFromServer)  # TimeoutError: both kinds
 
 
 def unavailable(exc: BaseException) -> StateUnavailable:
@@ -88,6 +90,10 @@ class RedisDB:
         except (ValueError, TypeError):
             raise ValueError("REDIS_URL is not a valid Redis URL") from None
         self.client: Redis = Redis.from_pool(pool)
+        # the request path's script on one pipelined connection (redis_wire); redis-py for the
+        # rest, for TLS and sockets, and for everything with RELAYGATE_REDIS_WIRE=0
+        wire = url.startswith("redis://") and os.environ.get("RELAYGATE_REDIS_WIRE") != "0"
+        self.wire = PipelinedConnection(url, timeout_s) if wire else None
         self.replica_id = secrets.token_hex(8)
         self.replicas = 1  # the last count the heartbeat saw (this replica at least)
         self._scripts: dict[str, AsyncScript] = {}
@@ -112,8 +118,7 @@ class RedisDB:
         if self._closed:
             raise StateUnavailable("redis: closed")
         if not self._started:
-            self._started = True
-            self._heartbeat = asyncio.get_running_loop().create_task(self._beat_forever())
+            self._start()
         # The driver may turn a cancellation of its caller into an error, or finish the command
         # and drop it: either way the caller's cancellation is what it gets.
         task = asyncio.current_task()
@@ -129,10 +134,51 @@ class RedisDB:
             raise asyncio.CancelledError
         return result
 
+    def _start(self) -> None:
+        self._started = True
+        self._heartbeat = asyncio.get_running_loop().create_task(self._beat_forever())
+
     async def evalsha(self, name: str, keys: list[str], args: list[Any], *prelude: str) -> Any:
         """One script call: one round trip (two more the first time a server meets it)."""
         script = self.script(name, *prelude)
         return await self.run(lambda _: script(keys=keys, args=args))
+
+    async def evalsha_hot(self, name: str, keys: list[str], args: list[Any], *prelude: str) -> Any:
+        """`evalsha` for the request path: on the pipelined connection when there is one."""
+        wire = self.wire
+        if wire is None:
+            return await self.evalsha(name, keys, args, *prelude)
+        if self._closed:
+            raise StateUnavailable("redis: closed")
+        if not self._started:
+            self._start()
+        script = self.script(name, *prelude)
+        text = script.script if isinstance(script.script, bytes) else str(script.script).encode()
+        try:  # bounded by the connection's own timer (no asyncio.timeout per call)
+            return await wire.evalsha(script.sha, text, keys, args)
+        except (OSError, TimeoutError, ReplyErrorFromServer) as exc:
+            raise unavailable(exc) from None
+
+    async def evalsha_batch(
+        self, name: str, calls: list[tuple[list[str], list[Any]]]
+    ) -> list[Any] | None:
+        """Several calls of one script in one write on the pipelined connection (each result, or
+        its error reply); None when there is no such connection (the caller pipelines)."""
+        wire = self.wire
+        if wire is None:
+            return None
+        script = self.script(name)
+        text = script.script if isinstance(script.script, bytes) else str(script.script).encode()
+
+        async def send(_: Redis) -> list[Any]:
+            sent = [wire.evalsha(script.sha, text, keys, args) for keys, args in calls]
+            return await asyncio.gather(*sent, return_exceptions=True)
+
+        results = await self.run(send)
+        for result in results:  # a lost connection fails them all: Redis is away
+            if isinstance(result, BaseException) and not isinstance(result, ReplyErrorFromServer):
+                raise unavailable(result)
+        return results
 
     async def beat(self) -> int:
         """One heartbeat: this replica seen now; the number of live replicas (kept)."""
@@ -167,6 +213,8 @@ class RedisDB:
             with contextlib.suppress(StateUnavailable):  # gone at once for the others
                 await self.run(lambda c: c.zrem(self.key("replicas"), self.replica_id))
         self._closed = True
+        if self.wire is not None:
+            self.wire.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.client.aclose(), self.timeout_s)
 

@@ -113,8 +113,8 @@ class RedisKeyStates:
         args += order
         for e in events:
             args += [order[e.key_id], e.provider, e.kind, int(e.tokens), int(e.status)]
-            args += [_number(e.retry_after_s), _number(e.reset_at), e.message[:120]]
-        rows = await db.evalsha("keys_apply.lua", keys, args, "utc.lua")
+            args += [_number(e.retry_after_s), _number(e.reset_at), e.message[:120], int(e.count)]
+        rows = await db.evalsha_hot("keys_apply.lua", keys, args, "utc.lua")
         return [_record(row) for row in rows]
 
     async def pause(self, provider: str, until: float) -> None:

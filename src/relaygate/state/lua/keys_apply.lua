@@ -6,9 +6,9 @@
 -- KEYS: 1 index set of key ids, then one record hash per key, in the order first touched.
 -- ARGV: the seven Rules (default_cooldown_s, exhausted_default_s, failure_threshold,
 -- failure_cooldown_s, failure_cooldown_max_s, cooling_cap_s, exhausted_cap_s), then per key its
--- id (as many as record KEYS), then eight per event: record number (1-based), provider, kind,
+-- id (as many as record KEYS), then nine per event: record number (1-based), provider, kind,
 -- tokens, status, retry_after_s, reset_at ('' for none; the caller sends '' for a number that
--- is not finite, which the rules treat as none), message (cut to 120 characters).
+-- is not finite, which the rules treat as none), message (cut to 120 characters), count.
 -- Returns, per key, its id followed by its record's fields and values.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -76,14 +76,14 @@ local function refresh(r)
 end
 
 -- policy.apply
-local function apply(r, kind, tokens, status, retry_after, reset_at, message)
+local function apply(r, kind, tokens, status, retry_after, reset_at, message, count)
   refresh(r)
   if kind == 'used' then
-    r.requests_today = r.requests_today + 1
-    r.requests_total = r.requests_total + 1
+    r.requests_today = r.requests_today + count
+    r.requests_total = r.requests_total + count
   elseif kind == 'unused' then
-    r.requests_today = math.max(0, r.requests_today - 1)
-    r.requests_total = math.max(0, r.requests_total - 1)
+    r.requests_today = math.max(0, r.requests_today - count)
+    r.requests_total = math.max(0, r.requests_total - count)
   elseif kind == 'success' then
     r.tokens_today = r.tokens_today + tokens
     r.tokens_total = r.tokens_total + tokens
@@ -139,7 +139,7 @@ end
 
 local records = {}
 local first = 8 + nkeys
-for a = first, #ARGV, 8 do
+for a = first, #ARGV, 9 do
   local j = tonumber(ARGV[a])
   local r = records[j]
   if r == nil then
@@ -147,7 +147,7 @@ for a = first, #ARGV, 8 do
     records[j] = r
   end
   apply(r, ARGV[a + 2], tonumber(ARGV[a + 3]), ARGV[a + 4], tonumber(ARGV[a + 5]),
-    tonumber(ARGV[a + 6]), ARGV[a + 7])
+    tonumber(ARGV[a + 6]), ARGV[a + 7], tonumber(ARGV[a + 8]))
 end
 
 local out = {}
