@@ -99,6 +99,9 @@ class RedisAdmissions:
         self._warned = False
         self._closed = False
         self.dropped = 0  # settlements dropped because the queue was full
+        # the arguments every admit ends with, encoded once
+        tail = (db.prefix, RESERVATION_TTL_S, TOMBSTONE_TTL_S, WINDOW_TTL_S, ACCOUNT_TTL_S)
+        self._tail: list[Any] = [str(value).encode() for value in tail]
         db.attach()
 
     async def admit(self, request: AdmitRequest) -> Admission:
@@ -111,7 +114,7 @@ class RedisAdmissions:
         keys = [db.key("req", client), db.key("tok", client), db.key("seq")]
         args: list[Any] = [client, _limit(rpm), _limit(tpm), request.tokens]
         args += ["" if budget is None else nanos(budget), max(0, nanos(request.cost_usd))]
-        args += [db.prefix, RESERVATION_TTL_S, TOMBSTONE_TTL_S, WINDOW_TTL_S, ACCOUNT_TTL_S]
+        args += self._tail
         out = await db.evalsha_hot("admit.lua", keys, args, "utc.lua")
         allowed, refused, left_requests, reset_us, left_tokens, retry, left, month, n, second = out
         adm = Admission(

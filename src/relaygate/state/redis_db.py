@@ -97,6 +97,7 @@ class RedisDB:
         self.replica_id = secrets.token_hex(8)
         self.replicas = 1  # the last count the heartbeat saw (this replica at least)
         self._scripts: dict[str, AsyncScript] = {}
+        self._hot: dict[str, tuple[str, bytes]] = {}
         self._heartbeat: asyncio.Task[None] | None = None
         self._started = False
         self._stopping = False
@@ -134,6 +135,13 @@ class RedisDB:
             raise asyncio.CancelledError
         return result
 
+    def _hot_script(self, name: str, prelude: tuple[str, ...]) -> tuple[str, bytes]:
+        """(SHA-1, text) of a script for the pipelined connection, encoded once."""
+        script = self.script(name, *prelude)
+        text = script.script if isinstance(script.script, bytes) else str(script.script).encode()
+        found = self._hot[name] = (script.sha, text)
+        return found
+
     def _start(self) -> None:
         self._started = True
         self._heartbeat = asyncio.get_running_loop().create_task(self._beat_forever())
@@ -152,10 +160,9 @@ class RedisDB:
             raise StateUnavailable("redis: closed")
         if not self._started:
             self._start()
-        script = self.script(name, *prelude)
-        text = script.script if isinstance(script.script, bytes) else str(script.script).encode()
+        sha, text = self._hot.get(name) or self._hot_script(name, prelude)
         try:  # bounded by the connection's own timer (no asyncio.timeout per call)
-            return await wire.evalsha(script.sha, text, keys, args)
+            return await wire.evalsha(sha, text, keys, args)
         except (OSError, TimeoutError, ReplyErrorFromServer) as exc:
             raise unavailable(exc) from None
 
@@ -167,11 +174,10 @@ class RedisDB:
         wire = self.wire
         if wire is None:
             return None
-        script = self.script(name)
-        text = script.script if isinstance(script.script, bytes) else str(script.script).encode()
+        sha, text = self._hot.get(name) or self._hot_script(name, ())
 
         async def send(_: Redis) -> list[Any]:
-            sent = [wire.evalsha(script.sha, text, keys, args) for keys, args in calls]
+            sent = [wire.evalsha(sha, text, keys, args) for keys, args in calls]
             return await asyncio.gather(*sent, return_exceptions=True)
 
         results = await self.run(send)
