@@ -4,6 +4,9 @@ per-change figures in ANALYSIS.md were measured.
     git archive <commit> src | tar -x -C /tmp/a      # one tree per commit to compare
     ../.venv/bin/python compare.py --tree before=/tmp/a/src --tree after=../src --rounds 5
 
+Trees given with --redis-tree are served with REDIS_URL (one private redis-server, pinned to core
+1, a database of its own per tree), as run.py's relaygate-redis target; --tree ones in memory.
+
 Each tree runs as `python -m relaygate serve` with PYTHONPATH pointing at it (the editable
 install is a plain path entry, so the tree wins), with bench/run.py's config, pinned to core 0
 like every target; wrk and the upstream mock run on core 1. Prints per target the median req/s
@@ -18,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import run as R
-from _procs import CLK_TCK, Server, free_port
+from _procs import CLK_TCK, RedisServer, Server, free_port
 
 
 def proc_times(pid: int) -> tuple[int, int]:
@@ -28,20 +31,30 @@ def proc_times(pid: int) -> tuple[int, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("--tree", action="append", required=True, help="name=/path/to/src")
+    ap.add_argument("--tree", action="append", default=[], help="name=/path/to/src")
+    ap.add_argument("--redis-tree", action="append", default=[], help="the same, state in Redis")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--stream", action="store_true", help="S2 instead of S1")
     args = ap.parse_args()
+    R.ensure_wrk()
     work = Path(tempfile.mkdtemp(prefix="relaygate-compare-"))
     upstream = R.mock_server("upstream", R.LOAD_CPU, work)
     servers: list[Server] = [upstream]
     try:
         upstream.start()
         upstream.wait_ready()
+        redis: RedisServer | None = None
+        if args.redis_tree:
+            redis = RedisServer.make("redis-server", int(R.LOAD_CPU), work, R.clean_env())
+            servers.append(redis)
+            redis.start()
+            redis.wait_ready()
         config = R.relaygate_config(f"http://127.0.0.1:{upstream.port}/v1", R.relaygate_features())
         targets = []
-        for spec in args.tree:
+        specs = [(spec, False) for spec in args.tree]
+        specs += [(spec, True) for spec in args.redis_tree]
+        for index, (spec, on_redis) in enumerate(specs):
             name, src = spec.split("=", 1)
             home = work / name
             home.mkdir()
@@ -49,6 +62,8 @@ def main() -> None:
             port = free_port()
             argv = [str(R.PY), "-m", "relaygate", "serve", "--config", "relaygate.yaml"]
             env = R.clean_env(PYTHONPATH=str(Path(src).resolve()))
+            if on_redis and redis is not None:
+                env["REDIS_URL"] = f"redis://127.0.0.1:{redis.port}/{index}"
             server = Server(name, [*argv, "--port", str(port)], port, "/health", 0, home, env,
                             work / f"{name}.log")  # fmt: skip
             servers.append(server)
