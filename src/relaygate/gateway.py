@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -37,7 +37,7 @@ from relaygate.routing.deadlines import Watchdog
 from relaygate.routing.router import Router
 from relaygate.state import State
 from relaygate.state.protocols import LedgerStore
-from relaygate.types import Failure, Target, Usage
+from relaygate.types import Failure, NativeBody, Target, Usage
 from relaygate.usage.ledger import CLIENT_CLOSED
 
 log = logging.getLogger("relaygate.gateway")
@@ -49,6 +49,10 @@ def build_providers(config: Config) -> dict[str, Provider]:
     if not specs:  # a newcomer's first call works with no provider key at all
         specs = {registry.FALLBACK: ProviderConfig(type=registry.FALLBACK)}
     return {name: registry.create(name, spec) for name, spec in specs.items()}
+
+
+def _sse_event(error: RelaygateError) -> bytes:
+    return error.sse_event()
 
 
 def _estimated(prompt: int, completion: int) -> Usage:
@@ -198,10 +202,15 @@ class Gateway:
         return call, plan
 
     async def open_chat(
-        self, body: dict[str, Any], call: Call, plan: list[Target]
+        self,
+        body: dict[str, Any],
+        call: Call,
+        plan: list[Target],
+        native: NativeBody | None = None,
     ) -> Completed | StreamStarted:
         """Run the attempts. Whatever happens the call is settled here (a whole answer, an error,
-        a cancel, a bug), except a started stream, which `relay` or `discard` settles."""
+        a cancel, a bug), except a started stream, which `relay` or `discard` settles. `native`:
+        the client's own body, passed through to a target that speaks its format."""
         options = body.get("stream_options")
         include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
         try:
@@ -211,6 +220,7 @@ class Gateway:
                 stream=call.stream,
                 include_usage=include_usage,
                 est_tokens=call.prompt_estimate,
+                native=native,
             )
         except BaseException as exc:
             status, code, attempts = outcome(exc, closing=self.inflight.closing)
@@ -237,13 +247,17 @@ class Gateway:
         return result
 
     async def relay(
-        self, started: StreamStarted, call: Call | None = None
+        self,
+        started: StreamStarted,
+        call: Call | None = None,
+        error_event: Callable[[RelaygateError], bytes] | None = None,
     ) -> AsyncGenerator[bytes, None]:
         """The rest of a started stream, as client bytes. Ends with an error event (and no [DONE])
-        when the upstream fails mid-way or the shutdown grace runs out; the key and the call are
-        settled with the real usage, or an estimate of what was produced when the stream was cut
-        or the client went away."""
+        when the upstream fails mid-way or the shutdown grace runs out (`error_event` renders it;
+        by default the SPEC's `data:` event); the key and the call are settled with the real
+        usage, or an estimate of what was produced when the stream was cut or the client left."""
         relay, failure, error_code = started.relay, None, None
+        event = error_event or _sse_event
         try:
             yield started.first
             idle = started.provider.config.stream_idle_timeout_s
@@ -270,20 +284,20 @@ class Gateway:
                 error = None
             if error is not None:
                 error_code = error.code
-                yield error.sse_event()
+                yield event(error)
         except TimeoutError:
             error_code = UpstreamTimeout.code
-            yield UpstreamTimeout("The upstream stream went silent.").sse_event()
+            yield event(UpstreamTimeout("The upstream stream went silent."))
         except (aiohttp.ClientError, OSError, EventTooLarge):
             error_code = UpstreamError.code
-            yield UpstreamError("The upstream connection was lost mid-stream.").sse_event()
+            yield event(UpstreamError("The upstream connection was lost mid-stream."))
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if not (self.inflight.closing and task is not None and task.uncancel() == 0):
                 error_code = CLIENT_CLOSED
                 raise
             error_code = SHUTTING_DOWN.code  # the grace ran out: end with an error event
-            yield SHUTTING_DOWN.sse_event()
+            yield event(SHUTTING_DOWN)
         except GeneratorExit:
             error_code = CLIENT_CLOSED
             raise

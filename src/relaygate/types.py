@@ -88,6 +88,18 @@ class UpstreamResponse(Protocol):
 
 
 @dataclass(slots=True)
+class NativeBody:
+    """A client's request in a front door's own format (SPEC §7a), for a provider that speaks
+    that format: it goes upstream as it came, with nothing lost. `headers` holds the client's
+    headers the format defines (e.g. a version or beta list), lower-case names."""
+
+    door: str
+    body: dict[str, Any]
+    stream: bool
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class Target:
     """One place a request can go: a configured provider and the model name it knows."""
 

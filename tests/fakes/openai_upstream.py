@@ -56,6 +56,7 @@ class FakeOpenAI(Scripted[Reply]):
     def _app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/responses", self._responses)
         app.router.add_get("/v1/models", self._models)
         return app
 
@@ -68,6 +69,20 @@ class FakeOpenAI(Scripted[Reply]):
                 ],
             }
         )
+
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        from tests.fakes import openai_responses
+
+        auth = request.headers.get("Authorization", "")
+        key = auth[7:] if auth.startswith("Bearer ") else None
+        body = await request.json()
+        self._record(request, key, body)
+        if self.require_key and not key:
+            return _error(401, errors.invalid_key())
+        reply = self._next(key)
+        if reply.status != 200:
+            return _error(reply.status, reply.error or errors.server_error(), reply.headers)
+        return await openai_responses.answer(request, body, reply)
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         auth = request.headers.get("Authorization", "")

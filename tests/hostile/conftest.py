@@ -344,13 +344,35 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hostile]:
 
 # --- checks ---------------------------------------------------------------------------------------
 def assert_error_shape(answer: Answer, status: int, code: str | None = None) -> dict[str, Any]:
-    """`status`, JSON content, and exactly {"error": {"message", "type", "code", "param"}}."""
+    """`status`, JSON content, and the error shape of the route's door (SPEC §8, §7a): exactly
+    {"error": {"message", "type", "code", "param"}}; Anthropic's {"type": "error", "error":
+    {"type", "message"}} (its `type` by status; no code to compare); Google's {"error": {"code":
+    <status>, "message", "status", "details"?}} (the code read from its ErrorInfo reason).
+    Returns the error as the SPEC's four fields."""
     assert answer.status == status, f"expected {status}, got {answer.text()[:600]}"
     ctype = answer.header("content-type") or ""
     assert ctype.startswith("application/json"), f"content-type {ctype!r}: {answer.text()[:300]}"
     body = answer.json()
-    assert isinstance(body, dict) and set(body) == {"error"}, body
+    assert isinstance(body, dict), body
+    if body.get("type") == "error":  # Anthropic's shape
+        assert set(body) == {"type", "error"}, body
+        err = body["error"]
+        assert set(err) == {"type", "message"}, err
+        assert err["type"] == ANTHROPIC_TYPES.get(status, err["type"]), err
+        assert isinstance(err["message"], str) and err["message"], err
+        return {"message": err["message"], "type": err["type"], "code": code, "param": None}
+    assert set(body) == {"error"}, body
     err = body["error"]
+    if isinstance(err.get("code"), int):  # Google's shape
+        assert err["code"] == status and isinstance(err.get("status"), str), err
+        assert set(err) <= {"code", "message", "status", "details"}, err
+        reasons = [d.get("reason") for d in err.get("details", ()) if "reason" in d]
+        found = reasons[0].lower() if reasons else None
+        if code is not None:
+            assert found == code, err
+        param = next((d["metadata"].get("param") for d in err.get("details", ()) if
+                      "metadata" in d), None)  # fmt: skip
+        return {"message": err["message"], "type": err["status"], "code": found, "param": param}
     assert set(err) == {"message", "type", "code", "param"}, err
     assert isinstance(err["message"], str) and err["message"], err
     assert isinstance(err["type"], str) and err["type"], err
@@ -361,9 +383,20 @@ def assert_error_shape(answer: Answer, status: int, code: str | None = None) -> 
     return dict(err)
 
 
+ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+}
+
+
 def assert_unauthorized(answer: Answer) -> None:
-    assert_error_shape(answer, 401, "invalid_api_key")
-    assert answer.json() == UNAUTHORIZED_BODY
+    err = assert_error_shape(answer, 401, "invalid_api_key")
+    if answer.json() != UNAUTHORIZED_BODY:  # a door's own shape: the same fixed message
+        assert err["message"] == UNAUTHORIZED_BODY["error"]["message"], err
 
 
 def assert_clean(hostile: Hostile, mark: int, *answers: Answer | bytes) -> None:

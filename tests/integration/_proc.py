@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-_KEEP = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")
+_KEEP = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT", "PYTHONPATH")
 
 
 def clean_env(**extra: str) -> dict[str, str]:

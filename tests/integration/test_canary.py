@@ -254,6 +254,7 @@ def drive(seen: Seen) -> str:
         == 400
     )
     assert seen.chat(WRONG_CLIENT, f"up/{MODEL}").status_code == 401
+    doors(seen)
     assert seen.chat(LIMITED_CLIENT, f"up/{MODEL}").status_code == 200
     assert seen.chat(LIMITED_CLIENT, f"up/{MODEL}").status_code == 429
     wrong_admin = {"admin-secret": WRONG_CLIENT}
@@ -285,6 +286,35 @@ def drive(seen: Seen) -> str:
             seen("GET", asset, headers=headers)
     seen("GET", "/v1/models", headers={"Authorization": f"Bearer {STATIC_CLIENT}"})
     return issued
+
+
+def doors(seen: Seen) -> None:
+    """Every front door (SPEC §7a), answered and streamed, failing, refused, with the key in
+    each place its SDK sends it (Gemini's `?key=` in the URL included)."""
+    hi = [{"role": "user", "content": "hi"}]
+    gemini = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+    bearer = {"Authorization": f"Bearer {ENV_CLIENT}"}
+    for key_headers in (bearer, {"x-api-key": ENV_CLIENT}, {"x-api-key": WRONG_CLIENT}):
+        for model in (f"up/{MODEL}", f"flaky/{MODEL}", f"streams/{MODEL}"):
+            for stream in (False, True):
+                messages = {"model": model, "max_tokens": 32, "messages": hi, "stream": stream}
+                seen("POST", "/v1/messages", json=messages, headers=key_headers)
+                responses = {"model": model, "input": "hi", "stream": stream}
+                seen("POST", "/v1/responses", json=responses, headers=key_headers)
+        count = {"model": f"up/{MODEL}", "messages": hi}
+        seen("POST", "/v1/messages/count_tokens", json=count, headers=key_headers)
+    for model in (f"up/{MODEL}", f"flaky/{MODEL}"):
+        base = f"/v1beta/models/{model}"
+        seen("POST", base + ":generateContent", json=gemini, headers={"x-goog-api-key": ENV_CLIENT})
+        seen("POST", base + f":streamGenerateContent?alt=sse&key={ENV_CLIENT}", json=gemini)
+        seen("POST", base + f":generateContent?key={WRONG_CLIENT}", json=gemini)
+        seen("POST", base + ":countTokens", json=gemini, headers=bearer)
+    seen("GET", "/v1beta/models", headers={"x-goog-api-key": ENV_CLIENT})
+    seen("GET", f"/v1/models?key={ENV_CLIENT}")
+    seen("POST", "/v1/messages", json={"model": "nowhere/x", "max_tokens": 8, "messages": hi},
+         headers=bearer)  # fmt: skip
+    seen("POST", "/v1/responses", json={"model": "up/x", "previous_response_id": "resp_1"},
+         headers=bearer)  # fmt: skip
 
 
 def leaks(text: str, secrets: dict[str, str]) -> list[str]:

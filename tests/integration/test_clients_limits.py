@@ -261,6 +261,13 @@ INVENTORY = {
     ("GET", "/redoc"): "open",
     ("GET", "/openapi.json"): "open",
     ("POST", "/v1/chat/completions"): "client",
+    ("POST", "/v1/messages"): "client",
+    ("POST", "/v1/messages/count_tokens"): "client",
+    ("POST", "/v1/responses"): "client",
+    ("POST", "/{version}/models/{model}:generateContent"): "client",
+    ("POST", "/{version}/models/{model}:streamGenerateContent"): "client",
+    ("POST", "/{version}/models/{model}:countTokens"): "client",
+    ("GET", "/v1beta/models"): "client",
     ("GET", "/v1/models"): "client",
     ("GET", "/keys/status"): "client",
     ("GET", "/current-key"): "admin",
@@ -278,6 +285,14 @@ INVENTORY = {
 }
 
 
+PLACEHOLDERS = {
+    "{key_id}": "up:00000000",
+    "{client_id}": "x",
+    "{version}": "v1beta",
+    "{model}": "x",
+}
+
+
 def test_route_inventory_every_route_has_an_access_level(live_gateway, fake_openai):
     gw = setup(live_gateway, fake_openai, [{"name": "c", "key": CLIENT_KEY}])
     app = gw.server.server.config.app
@@ -292,8 +307,10 @@ def test_route_inventory_every_route_has_an_access_level(live_gateway, fake_open
     assert found == set(INVENTORY), "classify every route in INVENTORY"
     expected = {"open": {200}, "client": {401}, "admin": {403}}
     for (method, path), level in INVENTORY.items():
-        url = gw.base + path.replace("{key_id}", "up:00000000").replace("{client_id}", "x")
+        for name, value in PLACEHOLDERS.items():
+            path = path.replace(name, value)
+        url = gw.base + path
         answer = httpx.request(method, url, json={} if method != "GET" else None)
         assert answer.status_code in expected[level], (method, path, answer.status_code)
-        if level != "open":
-            assert set(answer.json()) == {"error"}
+        if level != "open":  # the door's own error shape: the SPEC's, Anthropic's, Google's
+            assert "error" in answer.json()

@@ -64,6 +64,9 @@ class ProviderConfig(_Model):
     stream_idle_timeout_s: float = Field(default=300.0, gt=0)
     headers: dict[str, str] = Field(default_factory=dict)
     enabled: bool = True
+    # a `type: openai` server that serves POST /responses itself: Responses bodies pass through
+    # (None: only OpenAI's own base URL does)
+    responses_api: bool | None = None
 
 
 class RoutingConfig(_Model):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -19,9 +20,10 @@ from relaygate.config.model import Config
 from relaygate.errors import InvalidRequest, NotFound, RelaygateError
 from relaygate.gateway import Gateway
 from relaygate.http._common import cancelled_by_us, gateway, internal_error, request_id
-from relaygate.http._fast import FastChat, answer_error
+from relaygate.http.doors import Routes, openapi_paths
 from relaygate.http.headers import error_headers
-from relaygate.http.routes import admin, chat, clients, models, status, usage
+from relaygate.http.proxy import Proxy, answer_error
+from relaygate.http.routes import admin, clients, models, status, usage
 
 
 class ErrorBoundary:
@@ -49,21 +51,19 @@ class ErrorBoundary:
 
 
 class RelaygateApp(FastAPI):
-    """FastAPI, with POST /v1/chat/completions (the hot path) served ahead of its middleware,
-    routing and dependency layers by a raw-ASGI handler (http/_fast.py): the route stays
-    registered with FastAPI as well, for the OpenAPI schema."""
+    """FastAPI for the admin, page and model-list routes, with every proxied route (the front
+    doors, http/doors.py) served ahead of its middleware, routing and dependency layers by the
+    one raw-ASGI proxy handler (http/proxy.py); they appear in the OpenAPI schema all the same."""
 
-    fast_chat: FastChat | None = None
+    proxy: Proxy | None = None
+    doors: Routes | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            self.fast_chat is not None
-            and scope["type"] == "http"
-            and scope["path"] == chat.ROUTE
-            and scope["method"] == "POST"
-        ):
-            await self.fast_chat(scope, receive, send)
-            return
+        if self.proxy is not None and self.doors is not None and scope["type"] == "http":
+            route = self.doors.match(scope)
+            if route is not None:
+                await self.proxy(scope, receive, send, route)
+                return
         if scope["type"] == "http" and not scope["path"].isprintable():
             # a route pattern's `$` also matches before a trailing newline: no such path exists
             await answer_error(send, NotFound("Not Found"), "")
@@ -128,14 +128,24 @@ def create_app(
     app.add_exception_handler(RelaygateError, _relaygate_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    for module in (chat, models, status):
+    for module in (models, status):
         app.include_router(module.router)
     if gw.config.admin_secret:  # the admin API exists only with a secret (SPEC §5)
         for admin_module in (admin, clients, usage):
             app.include_router(admin_module.router)
         app.include_router(status.admin_router)
     app.add_middleware(ErrorBoundary)
-    app.fast_chat = FastChat(gw)
+    app.proxy, app.doors = Proxy(gw), Routes()
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = default_openapi()
+            schema["paths"] = {**openapi_paths(), **schema.get("paths", {})}
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 

@@ -219,14 +219,14 @@ def build_body(body: Mapping[str, Any], model: str, stream: bool) -> dict[str, A
 
 
 # --- answers ------------------------------------------------------------------------------------
-def _usage(raw: Mapping[str, Any]) -> tuple[dict[str, Any], Usage]:
+def usage_of(raw: Mapping[str, Any]) -> tuple[dict[str, Any], Usage]:
     cached = as_int(raw.get("cache_read_input_tokens"))
     prompt = as_int(raw.get("input_tokens")) + cached
     prompt += as_int(raw.get("cache_creation_input_tokens"))
     return usage_object(prompt, as_int(raw.get("output_tokens")), cached=cached)
 
 
-def _inband(err: Any) -> Failure:
+def inband_failure(err: Any) -> Failure:
     err = err if isinstance(err, dict) else {}
     type_ = str(err.get("type") or "api_error")
     return _classify(_STATUS_OF_TYPE.get(type_, 502), {}, str(err.get("message") or type_), type_)
@@ -292,17 +292,17 @@ class _Relay(SSERelay):
             self._note_usage(obj.get("usage"))
         elif kind == "message_stop":
             out = self.finish(_FINISH.get(str(self._stop), "stop"))
-            return out + self.close(*_usage(self._counts))
+            return out + self.close(*usage_of(self._counts))
         elif kind == "ping":
             return self.comment()
         elif kind == "error":
-            self.error = _inband(obj.get("error"))
+            self.error = inband_failure(obj.get("error"))
         return b""
 
     def _note_usage(self, raw: Any) -> None:
         if isinstance(raw, dict):
             self._counts.update({k: v for k, v in raw.items() if v is not None})
-            _, usage = _usage(self._counts)
+            _, usage = usage_of(self._counts)
             usage.estimated = True  # replaced by the final count at message_stop
             self.usage = usage
 
@@ -335,6 +335,7 @@ class _Relay(SSERelay):
 
 class Provider(base.Provider):
     meta = META
+    native_doors = {"anthropic_messages": "_anthropic_native"}
 
     def build_request(
         self, body: dict[str, Any], *, model: str, key: str | None, stream: bool
@@ -350,7 +351,7 @@ class Provider(base.Provider):
     def parse_response(self, body: bytes, *, model: str) -> tuple[bytes, Usage | None]:
         obj = load_json(body)
         if obj.get("type") == "error" or "error" in obj:
-            raise InBandFailure(_inband(obj.get("error")))
+            raise InBandFailure(inband_failure(obj.get("error")))
         texts, thinking, calls = [], [], []
         for block in obj.get("content") or ():
             kind = block.get("type") if isinstance(block, dict) else None
@@ -362,7 +363,7 @@ class Provider(base.Provider):
                 args = orjson.dumps(block.get("input") or {}).decode()
                 calls.append(tool_call(str(block.get("id")), str(block.get("name")), args))
         finish = _FINISH.get(str(obj.get("stop_reason")), "stop")
-        usage, counted = _usage(obj.get("usage") or {})
+        usage, counted = usage_of(obj.get("usage") or {})
         answer = choice(
             0,
             content="".join(texts) if texts else None,

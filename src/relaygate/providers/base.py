@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import importlib
 import math
 import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from relaygate.errors import ConfigError
 from relaygate.providers._http import UpstreamClient
-from relaygate.types import Failure, UpstreamRequest, UpstreamResponse, Usage
+from relaygate.types import Failure, NativeBody, UpstreamRequest, UpstreamResponse, Usage
 
 if TYPE_CHECKING:
     from relaygate.config.model import ProviderConfig
@@ -61,8 +62,35 @@ class StreamRelay(ABC):
     def end(self) -> bytes: ...
 
 
+class NativeCodec(Protocol):
+    """A module that passes one door's format through to one provider (SPEC §7a)."""
+
+    def build(
+        self, provider: Any, body: NativeBody, model: str, key: str | None
+    ) -> UpstreamRequest:
+        """The client's body, as it came but for the model, to the upstream's own endpoint."""
+
+    def parse(self, body: bytes) -> Usage | None:
+        """A same-format answer's usage (the body goes to the client untouched); raises
+        InBandFailure for an error inside a 200."""
+
+    def relay(self) -> StreamRelay: ...
+
+
+def native_codec(provider: Provider, door: str) -> NativeCodec | None:
+    """The codec that passes `door`'s format through to `provider`, if it speaks it."""
+    module = provider.native_doors.get(door)
+    if module is None:
+        return None
+    codec: NativeCodec = importlib.import_module(f"relaygate.providers.{module}")
+    return codec
+
+
 class Provider(ABC):
     meta: ClassVar[ProviderMeta]
+    # front-door formats this upstream speaks itself (SPEC §7a), each with the module of this
+    # package that passes such a body through (a NativeCodec): door name -> module name
+    native_doors: Mapping[str, str] = {}
 
     def __init__(self, name: str, config: ProviderConfig) -> None:
         self.name = name

@@ -209,7 +209,7 @@ def build_body(body: Mapping[str, Any], stream: bool) -> dict[str, Any]:
 
 
 # --- answers ------------------------------------------------------------------------------------
-def _usage(meta: Mapping[str, Any]) -> tuple[dict[str, Any], Usage]:
+def usage_of(meta: Mapping[str, Any]) -> tuple[dict[str, Any], Usage]:
     thoughts = as_int(meta.get("thoughtsTokenCount"))
     prompt = as_int(meta.get("promptTokenCount")) + as_int(meta.get("toolUsePromptTokenCount"))
     return usage_object(
@@ -288,7 +288,7 @@ def classify(status: int, err: Mapping[str, Any]) -> Failure:
     return failure
 
 
-def _inband(obj: Mapping[str, Any]) -> Failure:
+def inband_failure(obj: Mapping[str, Any]) -> Failure:
     err = obj.get("error") if isinstance(obj.get("error"), dict) else {}
     assert isinstance(err, dict)
     status = as_int(err.get("code")) or 500
@@ -309,11 +309,11 @@ class _Relay(SSERelay):
         self._named = False
 
     def on_end(self) -> bytes:
-        return b"" if self._finish is None else self.close(*_usage(self._meta))
+        return b"" if self._finish is None else self.close(*usage_of(self._meta))
 
     def on_event(self, name: bytes | None, obj: dict[str, Any]) -> bytes:
         if "error" in obj:
-            self.error = _inband(obj)
+            self.error = inband_failure(obj)
             return b""
         if not self._named:
             self._named = True
@@ -321,7 +321,7 @@ class _Relay(SSERelay):
             self.model = str(obj.get("modelVersion") or self.model)
         if isinstance(obj.get("usageMetadata"), dict):  # running totals: keep the latest
             self._meta = {**self._meta, **obj["usageMetadata"]}
-            _, usage = _usage(self._meta)
+            _, usage = usage_of(self._meta)
             usage.estimated = True
             self.usage = usage
         candidates = obj.get("candidates") or []
@@ -350,6 +350,7 @@ class _Relay(SSERelay):
 
 class Provider(base.Provider):
     meta = META
+    native_doors = {"gemini_native": "_gemini_native"}
 
     def __init__(self, name: str, config: ProviderConfig) -> None:
         super().__init__(name, config)
@@ -372,7 +373,7 @@ class Provider(base.Provider):
     def parse_response(self, body: bytes, *, model: str) -> tuple[bytes, Usage | None]:
         obj = load_json(body)
         if "error" in obj:
-            raise InBandFailure(_inband(obj))
+            raise InBandFailure(inband_failure(obj))
         candidates = [c for c in obj.get("candidates") or () if isinstance(c, dict)]
         choices = [_candidate(i, c) for i, c in enumerate(candidates)]
         if not choices:
@@ -380,7 +381,7 @@ class Provider(base.Provider):
             if not blocked:
                 raise InBandFailure(Failure("server", 502, "upstream answer has no candidates"))
             choices = [choice(0, content=None, calls=[], reasoning=None, finish="content_filter")]
-        usage, counted = _usage(obj.get("usageMetadata") or {})
+        usage, counted = usage_of(obj.get("usageMetadata") or {})
         out = completion(
             id_=str(obj.get("responseId") or new_id()),
             created=int(time.time()),

@@ -1,7 +1,14 @@
 """OpenAI, and any `type: openai` server with its own base_url (vLLM, llama.cpp, LM Studio)."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from relaygate.providers._openai_compat import OpenAICompatProvider
 from relaygate.providers.base import ProviderMeta
+
+if TYPE_CHECKING:
+    from relaygate.config.model import ProviderConfig
 
 META = ProviderMeta(
     kind="openai",
@@ -12,3 +19,10 @@ META = ProviderMeta(
 
 class Provider(OpenAICompatProvider):
     meta = META
+
+    def __init__(self, name: str, config: ProviderConfig) -> None:
+        super().__init__(name, config)
+        speaks = config.responses_api
+        if speaks is None:
+            speaks = self.base_url == META.default_base_url
+        self.native_doors = {"openai_responses": "_responses_native"} if speaks else {}

@@ -26,24 +26,28 @@ from relaygate.providers._sse import EventTooLarge
 from relaygate.providers.base import (
     MAX_UPSTREAM_BODY,
     InBandFailure,
+    NativeCodec,
     Provider,
     StreamRelay,
+    native_codec,
 )
 from relaygate.routing.deadlines import Watchdog
-from relaygate.types import Failure, Target, UpstreamResponse, Usage
+from relaygate.types import Failure, NativeBody, Target, UpstreamResponse, Usage
 
 log = logging.getLogger("relaygate.attempts")
 
 
 @dataclass(slots=True)
 class Completed:
-    """A whole non-streamed answer in OpenAI's shape."""
+    """A whole non-streamed answer in OpenAI's shape (`native`: in the client's own format,
+    passed through)."""
 
     body: bytes
     usage: Usage | None
     target: Target
     key_id: str
     attempts: int
+    native: bool = False
 
 
 @dataclass(slots=True)
@@ -59,6 +63,7 @@ class StreamStarted:
     target: Target
     attempts: int
     settled: bool = False  # the key, the upstream answer and the call have been settled
+    native: bool = False  # the client's own format, passed through (else OpenAI chunks)
 
 
 class AttemptLoop:
@@ -89,7 +94,10 @@ class AttemptLoop:
         stream: bool,
         include_usage: bool,
         est_tokens: int = 0,
+        native: NativeBody | None = None,
     ) -> Completed | StreamStarted:
+        """`native`: the client's body in its door's format, passed through to targets that
+        speak it; the others get `body` (OpenAI chat) translated."""
         deadline = time.monotonic() + self.retry.deadline_s
         attempts = 0
         last: Failure | None = None
@@ -117,6 +125,7 @@ class AttemptLoop:
                     stream=stream,
                     include_usage=include_usage,
                     timeout_s=timeout,
+                    native=native,
                 )
                 if isinstance(result, _Untranslatable):  # this target cannot take it: next
                     attempts -= 1
@@ -175,11 +184,16 @@ class AttemptLoop:
         stream: bool,
         include_usage: bool,
         timeout_s: float,
+        native: NativeBody | None,
     ) -> Completed | StreamStarted | Failure | _Untranslatable:
+        codec = None if native is None else native_codec(provider, native.door)
         try:
-            request = provider.build_request(
-                body, model=target.model, key=lease.secret, stream=stream
-            )
+            if codec is not None and native is not None:
+                request = codec.build(provider, native, target.model, lease.secret)
+            else:
+                request = provider.build_request(
+                    body, model=target.model, key=lease.secret, stream=stream
+                )
         except InvalidRequest as exc:
             return _Untranslatable(exc)
         except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
@@ -198,10 +212,15 @@ class AttemptLoop:
                     return provider.classify_error(response.status, response.headers, raw)
                 if not stream:
                     raw = await response.read(MAX_UPSTREAM_BODY)
-                    out, usage = provider.parse_response(raw, model=target.model)
+                    if codec is not None:
+                        out, usage = raw, codec.parse(raw)
+                    else:
+                        out, usage = provider.parse_response(raw, model=target.model)
                     lease.succeeded(usage)
-                    return Completed(out, usage, target, lease.key_id, 0)
-                started = await self._first_output(provider, lease, target, response, include_usage)
+                    return Completed(out, usage, target, lease.key_id, 0, codec is not None)
+                started = await self._first_output(
+                    provider, lease, target, response, include_usage, codec
+                )
             if isinstance(started, Failure):
                 return started
             response = None  # the caller owns it now
@@ -223,8 +242,12 @@ class AttemptLoop:
         target: Target,
         response: UpstreamResponse,
         include_usage: bool,
+        codec: NativeCodec | None,
     ) -> StreamStarted | Failure:
-        relay = provider.stream_relay(model=target.model, include_usage=include_usage)
+        if codec is not None:
+            relay = codec.relay()
+        else:
+            relay = provider.stream_relay(model=target.model, include_usage=include_usage)
         chunks = response.iter_chunks().__aiter__()
         first = b""
         while not first:
@@ -238,7 +261,10 @@ class AttemptLoop:
             first = relay.feed(data)
             if relay.error is not None:
                 return relay.error
-        return StreamStarted(first, response, chunks, relay, lease, provider, target, 0)
+        native = codec is not None
+        return StreamStarted(
+            first, response, chunks, relay, lease, provider, target, 0, native=native
+        )
 
 
 class _Untranslatable:

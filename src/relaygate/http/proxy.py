@@ -1,0 +1,358 @@
+"""The one proxy path: every proxied route (http/doors.py) in raw ASGI. The body is read straight
+from `receive` within the size bound; the door turns it into the core's chat request; the core
+admits, routes and runs it; the answer, stream and errors go back in the door's format as raw
+`send` calls with byte header lists, and a stream is relayed chunk by chunk while a watcher waits
+for the client to go away. No Starlette Request, Response or middleware is on this path.
+
+A door that speaks the core's format (OpenAI chat) gets the core's bytes untouched; the others
+get the core's answer parsed and rendered, and its stream parsed event by event."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+import orjson
+from starlette.types import Message, Receive, Scope, Send
+
+from relaygate.accounting import Call, new_request_id
+from relaygate.auth.clients import ClientInfo
+from relaygate.errors import InvalidRequest, PayloadTooLarge, RelaygateError, Unauthorized
+from relaygate.formats.base import Door, DoorStream
+from relaygate.gateway import Gateway
+from relaygate.http._common import cancelled_by_us, internal_error, parse_json
+from relaygate.http.doors import Route
+from relaygate.http.headers import error_headers, extract_key, limit_headers
+from relaygate.inflight import SHUTTING_DOWN
+from relaygate.providers._sse import SSEBuffer, parse_event
+from relaygate.routing.attempts import Completed, StreamStarted
+from relaygate.types import NativeBody
+
+_JSON = (b"content-type", b"application/json")
+_SSE_TAIL = ((b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no"))
+_KEY_HEADERS = {b"authorization": "authorization", b"x-api-key": "x-api-key"}
+_END: Message = {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+class _ClientGone(Exception):
+    """The client went away while its request body was being read."""
+
+
+class Proxy:
+    """Serves the proxied routes for the app (see http/app.py:RelaygateApp). Unhandled errors
+    end as a 500 in the SPEC's shape, logged by type only, as ErrorBoundary does."""
+
+    __slots__ = ("gw", "limit")
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+        self.limit = gateway.config.server.max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, route: Route) -> None:
+        started = False
+        task = asyncio.current_task()
+        if task is not None:
+            self.gw.inflight.track(task)
+        door = route.door
+        try:
+            rid = new_request_id()
+            try:
+                if route.op == "not_allowed":
+                    raise _not_allowed()
+                client = self._authenticate(scope, route)
+                if route.op != "chat":
+                    await self._other(scope, receive, send, route)
+                    return
+                result, call, rendered = await self._open(scope, receive, rid, route, client)
+            except RelaygateError as exc:
+                started = True
+                await answer_error(send, exc, rid, self.gw.redact, door)
+                return
+            except _ClientGone:
+                return
+            if isinstance(result, Completed):
+                body = result.body if rendered is None else door_body(rendered, result.body)
+                head = _encoded(answer_headers(result, call))
+                head.append((b"content-length", str(len(body)).encode("latin-1")))
+                head.append(_JSON)
+                started = True
+                await send({"type": "http.response.start", "status": 200, "headers": head})
+                await send({"type": "http.response.body", "body": body})
+                return
+            try:
+                head = _encoded(answer_headers(result, call))
+                head.extend(_SSE_TAIL)
+                head.append((b"content-type", door.stream_content_type))
+                started = True
+                await send({"type": "http.response.start", "status": 200, "headers": head})
+                if rendered is not None:
+                    chunks = door_stream(self.gw.relay(result, call), rendered.streamer())
+                elif result.native:
+                    chunks = self.gw.relay(result, call, self._native_error(door))
+                else:
+                    chunks = self.gw.relay(result, call)
+                await _stream(chunks, receive, send)
+            finally:
+                if not result.settled:  # never relayed: the client left before the first byte
+                    self.gw.discard(result, call)
+        except asyncio.CancelledError:
+            if not cancelled_by_us(scope, self.gw):
+                raise
+            if self.gw.inflight.closing and not started:
+                await answer_error(send, SHUTTING_DOWN, "", None, door)
+        except Exception as exc:  # noqa: BLE001 (the ASGI boundary: log, answer, no traceback)
+            await internal_error(scope, send, exc, started=started)
+
+    def _stand_in(self, door: Door, error: InvalidRequest) -> dict[str, Any]:
+        """A body the translation refuses may still suit targets that speak the door's format:
+        when every target of its model does, a stand-in chat body carries what admission and
+        routing read (the model, stream, the output limit) and the body itself goes through."""
+        gw = self.gw
+        try:
+            plan = gw.router.resolve(door.model)
+        except RelaygateError:
+            plan = []
+        speaks = [door.name in gw.providers[t.provider].native_doors for t in plan]
+        if not speaks or not all(speaks):
+            gw.accounting.refused("invalid")
+            raise error
+        chat: dict[str, Any] = {"messages": [{"role": "user", "content": ""}]}
+        chat["model"], chat["stream"] = door.model, door.stream
+        limit = door.output_limit()
+        if limit is not None:
+            chat["max_tokens"] = limit
+        return chat
+
+    def _native_error(self, door: type[Door]) -> Callable[[RelaygateError], bytes]:
+        redact = self.gw.redact
+
+        def event(error: RelaygateError) -> bytes:
+            return door.stream_error(error.to_dict(redact)["error"])
+
+        return event
+
+    def _authenticate(self, scope: Scope, route: Route) -> ClientInfo:
+        presented: dict[str, str] = {}
+        for raw, value in scope["headers"]:
+            if raw in _KEY_HEADERS:
+                presented.setdefault(_KEY_HEADERS[raw], value.decode("latin-1"))  # first wins
+        key = extract_key(presented)
+        if key is None and route.google_key:
+            key = _google_key(scope)
+        client = self.gw.clients.authenticate(key)
+        if client is None:
+            self.gw.accounting.refused("auth")
+            raise Unauthorized()
+        return client
+
+    async def _open(
+        self, scope: Scope, receive: Receive, rid: str, route: Route, client: ClientInfo
+    ) -> tuple[Completed | StreamStarted, Call, Door | None]:
+        """Read, translate, admit and open the request: the whole answer or the started stream,
+        and the door to render it (None: the core's bytes are the answer)."""
+        gw = self.gw
+        raw = await _read_body(receive, _header(scope, b"content-length"), self.limit)
+        body = parse_json(raw)
+        door = route.door(body, request_id=rid, model=route.model, stream=route.stream)
+        try:
+            chat = door.chat_body()
+        except InvalidRequest as exc:
+            chat = self._stand_in(door, exc)
+        call, plan = await gw.begin(
+            chat, client=client, route=door.route, raw_size=len(raw), request_id=rid
+        )
+        native = None
+        if not door.same_as_core:  # a target that speaks the door's format gets the body
+            wanted = door.native_headers
+            given = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            headers = {name: given[name] for name in wanted if name in given}
+            native = NativeBody(door.name, body, door.stream, headers)
+        try:
+            result = await gw.open_chat(chat, call, plan, native)
+        except RelaygateError as exc:
+            if exc.admission is None:
+                exc.admission = call.admission  # its answer shows the client's rate-limit headers
+            raise
+        return result, call, None if door.same_as_core or result.native else door
+
+    async def _other(self, scope: Scope, receive: Receive, send: Send, route: Route) -> None:
+        """A token count or a model list: answered here, no upstream call."""
+        from relaygate.formats import anthropic_messages, gemini_native
+
+        if route.op == "models":
+            body = gemini_native.models_body(self.gw.models())
+        else:
+            raw = await _read_body(receive, _header(scope, b"content-length"), self.limit)
+            request = parse_json(raw)
+            if route.google_key:
+                chat = gemini_native.count_tokens_chat(request, route.model or "")
+            else:
+                chat = anthropic_messages.count_tokens_chat(request)
+            per_token = self.gw.config.limits.prompt_bytes_per_token
+            tokens = int(len(orjson.dumps(chat)) / per_token) + 1
+            body = (
+                gemini_native.count_tokens_body(tokens)
+                if route.google_key
+                else anthropic_messages.count_tokens_body(tokens)
+            )
+        head = [(b"content-length", str(len(body)).encode("latin-1")), _JSON]
+        await send({"type": "http.response.start", "status": 200, "headers": head})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _not_allowed() -> RelaygateError:
+    error = RelaygateError("Method Not Allowed", code="method_not_allowed")
+    error.status, error.type = 405, "invalid_request_error"
+    return error
+
+
+def door_body(door: Door, core: bytes) -> bytes:
+    return door.render(orjson.loads(core))
+
+
+async def door_stream(chunks: AsyncGenerator[bytes, None], out: DoorStream) -> AsyncIterator[bytes]:
+    """The core's SSE bytes -> the door's events: each chunk parsed and fed; the core's error
+    event becomes the door's failure; [DONE] (or the end) its end."""
+    sse = SSEBuffer()
+    done = False
+    try:
+        async for data in chunks:
+            parts: list[bytes] = []
+            for block in sse.feed(data):
+                _, payload = parse_event(block)
+                if payload is None or done or payload.startswith(b"[DONE]"):
+                    continue
+                obj = orjson.loads(payload)
+                if len(obj) == 1 and "error" in obj:
+                    parts.append(out.fail(obj["error"]))
+                    done = True
+                else:
+                    parts.append(out.feed(obj))
+            if parts:
+                yield b"".join(parts)
+        if not done:
+            yield out.end()
+    finally:
+        await chunks.aclose()
+
+
+def answer_headers(result: Completed | StreamStarted, call: Call) -> dict[str, str]:
+    """The headers of a 200 (a stream adds cache-control, x-accel-buffering, content-type)."""
+    return {
+        **limit_headers(call.admission),
+        "x-request-id": call.request_id,
+        "x-relaygate-provider": result.target.provider,
+        "x-relaygate-model": result.target.model,
+        "x-relaygate-key-id": result.key_id
+        if isinstance(result, Completed)
+        else result.lease.key_id,
+        "x-relaygate-attempts": str(result.attempts),
+        "x-relaygate-cache": "bypass",
+    }
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+def _google_key(scope: Scope) -> str | None:
+    value = _header(scope, b"x-goog-api-key")
+    if value is not None and value.strip():
+        return value.decode("latin-1").strip()
+    query = scope.get("query_string", b"").decode("latin-1")
+    keys = parse_qs(query).get("key") if query else None
+    return keys[0].strip() if keys and keys[0].strip() else None
+
+
+async def _read_body(receive: Receive, declared: bytes | None, limit: int) -> bytes:
+    if declared is not None:
+        try:
+            if int(declared.decode("latin-1")) > limit:
+                raise PayloadTooLarge(limit)
+        except ValueError:
+            raise InvalidRequest("Content-Length is not a number.") from None
+    message = await receive()
+    if message["type"] != "http.request":
+        raise _ClientGone
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        if len(body) > limit:
+            raise PayloadTooLarge(limit)
+        return body
+    parts = [body]
+    size = len(body)
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise _ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(limit)
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+def _encoded(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+
+async def answer_error(
+    send: Send,
+    exc: RelaygateError,
+    rid: str,
+    redact: Callable[[str], str] | None = None,
+    door: type[Door] | None = None,
+) -> None:
+    """An error answer in the door's shape (the SPEC's by default), as raw ASGI sends (also the
+    app's 404 for a path with control characters); `rid` empty: no x-request-id."""
+    message = exc.message if redact is None else redact(exc.message)
+    body = exc.body(lambda _: message) if door is None else door.error_body(exc, message)
+    head = _encoded(error_headers(exc))
+    if rid:
+        head.append((b"x-request-id", rid.encode("latin-1")))
+    head.append((b"content-length", str(len(body)).encode("latin-1")))
+    head.append(_JSON)
+    await send({"type": "http.response.start", "status": exc.status, "headers": head})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _stream(chunks: AsyncIterator[bytes], receive: Receive, send: Send) -> None:
+    """Relay the stream's chunks. A watcher waits for `http.disconnect`; when the client goes
+    away first, this task is cancelled, which cancels the upstream read and lets the relay mark
+    the call client_closed; the cancellation ends here."""
+    task = asyncio.current_task()
+    assert task is not None
+    state = {"done": False, "gone": False}
+
+    async def watch() -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+        if not state["done"]:
+            state["gone"] = True
+            task.cancel()
+
+    watcher = asyncio.get_running_loop().create_task(watch())
+    try:
+        async for chunk in chunks:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        state["done"] = True
+        await send(_END)
+    except asyncio.CancelledError:
+        if not state["gone"]:
+            raise
+        task.uncancel()
+    finally:
+        state["done"] = True
+        watcher.cancel()
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()

@@ -1,0 +1,67 @@
+"""Gemini generateContent passed through (SPEC §7a: the Gemini door to a Gemini upstream, the
+key pool included): the client's body goes to the target model's generateContent or
+streamGenerateContent as it came. Owns the event reader of a passed-through stream: usage is a
+running total in each event, an `error` object is an in-band failure, and since Gemini streams
+have no terminal event, one that gave a finishReason is complete when the body ends."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+
+from relaygate.providers import gemini as native
+from relaygate.providers._native import load_json
+from relaygate.providers._passthrough import PassthroughRelay, Reader
+from relaygate.providers.base import InBandFailure
+from relaygate.types import NativeBody, UpstreamRequest, Usage
+
+
+def build(
+    provider: native.Provider, body: NativeBody, model: str, key: str | None
+) -> UpstreamRequest:
+    headers = {"content-type": "application/json"}
+    if key:
+        headers["x-goog-api-key"] = key
+    headers.update(provider.config.headers)
+    name = quote(model.removeprefix("models/"), safe="-._~")
+    action = ":streamGenerateContent?alt=sse" if body.stream else ":generateContent"
+    url = f"{provider.base_url}/models/{name}{action}"
+    return UpstreamRequest("POST", url, headers, orjson.dumps(body.body))
+
+
+def parse(body: bytes) -> Usage | None:
+    obj = load_json(body)
+    if "error" in obj:
+        raise InBandFailure(native.inband_failure(obj))
+    meta = obj.get("usageMetadata")
+    return native.usage_of(meta)[1] if isinstance(meta, dict) else None
+
+
+class GenerateReader(Reader):
+    def __init__(self) -> None:
+        super().__init__()
+        self._finish = False
+
+    def on_event(self, name: bytes | None, obj: dict[str, Any]) -> None:
+        if "error" in obj:
+            self.error = native.inband_failure(obj)
+            return
+        meta = obj.get("usageMetadata")
+        if isinstance(meta, dict):
+            self.usage = native.usage_of(meta)[1]
+        for candidate in obj.get("candidates") or ():
+            if not isinstance(candidate, dict):
+                continue
+            if candidate.get("content"):
+                self.content += 1
+            if candidate.get("finishReason"):
+                self._finish = True
+
+    def on_end(self) -> None:
+        self.finished = self._finish
+
+
+def relay() -> PassthroughRelay:
+    return PassthroughRelay(GenerateReader())
