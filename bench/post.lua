@@ -1,14 +1,29 @@
--- wrk script: POST an OpenAI chat completion body; prints one JSON line of results at the end.
--- Environment: BENCH_MODEL (model name), BENCH_STREAM ("1" to stream with include_usage),
--- BENCH_KEY (client key, sent as Authorization: Bearer; empty for none).
+-- wrk script: POST one request body of a front door; prints one JSON line of results at the end.
+-- Environment: BENCH_MODEL (model name), BENCH_STREAM ("1" to stream; chat asks include_usage),
+-- BENCH_KEY (client key, sent as Authorization: Bearer; empty for none), BENCH_DOOR ("chat",
+-- the default: an OpenAI chat completion; "messages": Anthropic Messages; "responses": OpenAI
+-- Responses). The same system prompt, user turn and output cap in each format.
 local model = os.getenv("BENCH_MODEL") or "gpt-4o-mini"
 local stream = os.getenv("BENCH_STREAM") == "1"
 local key = os.getenv("BENCH_KEY") or ""
+local door = os.getenv("BENCH_DOOR") or "chat"
 
-local body = '{"model":"' .. model .. '","messages":[{"role":"system","content":"You are terse."},'
-  .. '{"role":"user","content":"Say hello in one short sentence, please."}],"max_tokens":32'
-if stream then
-  body = body .. ',"stream":true,"stream_options":{"include_usage":true}'
+local system = "You are terse."
+local user = "Say hello in one short sentence, please."
+local body
+if door == "messages" then
+  body = '{"model":"' .. model .. '","system":"' .. system .. '","messages":[{"role":"user",'
+    .. '"content":"' .. user .. '"}],"max_tokens":32'
+  if stream then body = body .. ',"stream":true' end
+  wrk.headers["anthropic-version"] = "2023-06-01"
+elseif door == "responses" then
+  body = '{"model":"' .. model .. '","instructions":"' .. system .. '","input":"' .. user .. '",'
+    .. '"max_output_tokens":32,"store":false'
+  if stream then body = body .. ',"stream":true' end
+else
+  body = '{"model":"' .. model .. '","messages":[{"role":"system","content":"' .. system .. '"},'
+    .. '{"role":"user","content":"' .. user .. '"}],"max_tokens":32'
+  if stream then body = body .. ',"stream":true,"stream_options":{"include_usage":true}' end
 end
 body = body .. "}"
 

@@ -19,7 +19,10 @@ S4: {streams} concurrent streams, 200 ms to first byte, 20 chunks 100 ms apart; 
 worst gap between two reads of one stream over all runs; peak RSS sampled every 50 ms during S4.
 CPU µs/req: the target's user+system CPU time during S1 divided by its requests (for
 relaygate-redis: relaygate's process only; the redis-server's own CPU, on core 1, is shown apart).
-The relaygate-<commit> row is an older build (issue 12's baseline), measured in S1 and S2 only."""
+The relaygate-<commit> row is an older build (the baseline), measured in S1 and S2 only.
+D1-D4 (the in-memory relaygate only): S1's and S2's request as an Anthropic Messages body to
+/v1/messages (D1 whole, D2 streamed) and as an OpenAI Responses body to /v1/responses (D3, D4),
+translated by the door to the same OpenAI mock; their CPU a request is held against S1's or S2's."""
 REDIS, MEMORY = "relaygate-redis", "relaygate"
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
@@ -153,7 +156,7 @@ def goals_state_seam(fg: Figures) -> list[str]:
         cost = _ratio(cpu.get(MEMORY), cpu.get(base))
         rows += [
             (
-                f"in-memory S1 req/s within 5 % of the build before the state seam ({base})",
+                f"in-memory S1 req/s within 5 % of the baseline build ({base})",
                 _f(speed, "{:.3f} x") + f" ({_f(rps.get(MEMORY))} vs {_f(rps.get(base))} req/s)",
                 _ok(speed, ">=", 0.95),
             ),
@@ -165,7 +168,7 @@ def goals_state_seam(fg: Figures) -> list[str]:
             ),
         ]
     else:
-        rows.append(("in-memory S1 within 5 % of the build before the state seam", "n/a", None))
+        rows.append(("in-memory S1 within 5 % of the baseline build", "n/a", None))
     red = _ratio(rps.get(REDIS), rps.get("minimal"))
     rows.append(
         (
@@ -192,7 +195,7 @@ def goals_state_seam(fg: Figures) -> list[str]:
         "minimal": "none",
     }
     if base:
-        kinds[base] = "memory + SQLite (before the state seam)"
+        kinds[base] = "memory + SQLite (the baseline build)"
     for t, kind in kinds.items():
         if t not in fg.targets:
             continue
@@ -204,6 +207,58 @@ def goals_state_seam(fg: Figures) -> list[str]:
             f"| {_f(fg.med('S2', t, 'rps'))} | {_f(fg.med('S2', t, 'cpu_us_per_req'), '{:.1f}')} |"
         )
     return lines
+
+
+DOORS = {  # scenario -> (what, the chat scenario it is held against)
+    "D1": ("/v1/messages, whole answers", "S1"),
+    "D2": ("/v1/messages, streamed", "S2"),
+    "D3": ("/v1/responses, whole answers", "S1"),
+    "D4": ("/v1/responses, streamed", "S2"),
+}
+
+
+def goals_doors(fg: Figures) -> list[str]:
+    """Issue 13: each door costs at most 15 % more CPU a request than the chat route (the same
+    request in the door's format, to the same OpenAI mock); S2 at least 0.9 x the minimal relay;
+    S1's ratio to the minimal relay at least the baseline build's (measured in this run)."""
+    rows: list[tuple[str, str, bool | None]] = []
+    table = [
+        "| scenario | door | req/s | CPU µs/req | chat route's CPU µs/req | x chat | errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for scen, (what, chat) in DOORS.items():
+        cpu, base = fg.med(scen, MEMORY, "cpu_us_per_req"), fg.med(chat, MEMORY, "cpu_us_per_req")
+        ratio = _ratio(cpu, base)
+        errors = sum(r.get("errors", 0) for r in fg.res.get(scen, {}).get(MEMORY, []))
+        table.append(
+            f"| {scen} | {what} | {_f(fg.med(scen, MEMORY, 'rps'))} | {_f(cpu, '{:.1f}')} "
+            f"| {_f(base, '{:.1f}')} ({chat}) | {_f(ratio, '{:.3f}')} | {errors} |"
+        )
+        rows.append(
+            (
+                f"{what}: CPU a request <= 1.15 x the chat route's ({chat})",
+                _f(ratio, "{:.3f} x") + f" ({_f(cpu, '{:.1f}')} vs {_f(base, '{:.1f}')} µs)",
+                None if ratio is None else (ratio <= 1.15 and errors == 0),
+            )
+        )
+    s2 = _ratio(fg.med("S2", MEMORY, "rps"), fg.med("S2", "minimal", "rps"))
+    rows.append(("S2 streams/s >= 0.9 x minimal relay", _f(s2, "{:.2f} x"), _ok(s2, ">=", 0.9)))
+    s1 = _ratio(fg.med("S1", MEMORY, "rps"), fg.med("S1", "minimal", "rps"))
+    if fg.baseline:
+        before = _ratio(fg.med("S1", fg.baseline, "rps"), fg.med("S1", "minimal", "rps"))
+        rows.append(
+            (
+                f"S1 / minimal at least the baseline build's ({fg.baseline})",
+                f"{_f(s1, '{:.3f}')} vs {_f(before, '{:.3f}')}",
+                None if s1 is None or before is None else s1 >= before,
+            )
+        )
+    lines = ["| goal | measured | met |", "|---|---|---|"]
+    for goal, measured, ok in rows:
+        verdict = "n/a" if ok is None else ("met" if ok else "**not met**")
+        lines.append(f"| {goal} | {measured} | {verdict} |")
+    intro = "The doors beside the chat route (in-memory relaygate, medians):"
+    return [*lines, "", intro, "", *table]
 
 
 def _added_gap(fg: Figures, target: str) -> float | None:
@@ -395,6 +450,10 @@ def write_report(raw: dict[str, Any], out: Path, *, bench_dir: Path) -> None:
         "## Goals (issue 12: the state seam)",
         "",
         *goals_state_seam(fg),
+        "",
+        "## Goals (issue 13: the front doors)",
+        "",
+        *goals_doors(fg),
         "",
         "## Summary (medians)",
         "",

@@ -81,8 +81,21 @@ LITELLM_KEY = "sk-bench-litellm-master-key"
 BASE_MODEL = "gpt-4o-mini"
 SLOW_MODEL = "gpt-4o-mini-ttfb200-gap100-n20"  # the mock reads delays from the model name
 TARGET_CPU, LOAD_CPU = "0", "1"
-BASELINE_COMMIT = "52a0630"  # issue 12: the build before the state seam
+BASELINE_COMMIT = "2c8d30e"  # issue 13: the build before the one proxy path and the doors
 BASELINE_SCENARIOS = ("S1", "S2")
+# issue 13's front doors, measured on the in-memory relaygate only, to the same OpenAI mock:
+# scenario -> (door, stream); compared with its chat route's S1 (non-streamed) and S2 (streamed)
+DOOR_SCENARIOS = {
+    "D1": ("messages", False),
+    "D2": ("messages", True),
+    "D3": ("responses", False),
+    "D4": ("responses", True),
+}
+DOOR_PATHS = {
+    "chat": "/v1/chat/completions",
+    "messages": "/v1/messages",
+    "responses": "/v1/responses",
+}
 
 RELAYGATE_CONFIG = """\
 # Written by bench/run.py: client auth (static key), a 3-key round-robin pool{extra_doc}.
@@ -285,7 +298,10 @@ class Target:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.port}/v1/chat/completions"
+        return self.door_url("chat")
+
+    def door_url(self, door: str) -> str:
+        return f"http://127.0.0.1:{self.server.port}{DOOR_PATHS[door]}"
 
     def model(self, base: str) -> str:
         return self.prefix + base
@@ -400,14 +416,15 @@ def litellm_server(upstream: str, work: Path) -> Server:
 
 
 # --- load generators ------------------------------------------------------------------------------
-def wrk(target: Target, *, seconds: int, stream: bool) -> dict[str, Any]:
+def wrk(target: Target, *, seconds: int, stream: bool, door: str = "chat") -> dict[str, Any]:
     env = clean_env(
         BENCH_MODEL=target.model(BASE_MODEL),
         BENCH_STREAM="1" if stream else "0",
         BENCH_KEY=target.key,
+        BENCH_DOOR=door,
     )
     cmd = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", "-c50", f"-d{seconds}s", "--timeout", "10s"]
-    cmd += ["-s", str(BENCH / "post.lua"), target.url]
+    cmd += ["-s", str(BENCH / "post.lua"), target.door_url(door)]
     side = target.companion
     cpu0 = cpu_seconds(target.server.pid)
     side0 = cpu_seconds(side.pid) if side is not None else 0.0
@@ -429,6 +446,12 @@ def wrk(target: Target, *, seconds: int, stream: bool) -> dict[str, Any]:
     data["command"] = " ".join(f"{k}={v}" for k, v in env.items() if k.startswith("BENCH_"))
     data["command"] += " " + " ".join(cmd)
     return data
+
+
+def door_run(door: str, stream: bool, s: Any) -> Callable[[Target], dict[str, Any]]:
+    """A front-door scenario (DOOR_SCENARIOS): wrk with the door's own body and path."""
+    seconds = s.s2_s if stream else s.s1_s
+    return lambda t: wrk(t, seconds=seconds, stream=stream, door=door)
 
 
 def py_client(script: str, args: list[str], timeout: float) -> tuple[dict[str, Any], str]:
@@ -708,6 +731,8 @@ def main() -> None:
             ("S3", lambda t: openloop(t, s)),
             ("S4", lambda t: streams(t, s)),
         ]
+        for scen_name, (door, door_stream) in DOOR_SCENARIOS.items():
+            scenario_runs.append((scen_name, door_run(door, door_stream, s)))
         for scen, fn in scenario_runs:
             results[scen] = {t.name: [] for t in targets}
             for rep in range(s.reps):
@@ -715,6 +740,8 @@ def main() -> None:
                     if scen == "S4" and t.name == "litellm" and rep > 0:
                         continue  # one S4 run of LiteLLM is enough, and it is slow
                     if t.name == baseline_name and scen not in BASELINE_SCENARIOS:
+                        continue
+                    if scen in DOOR_SCENARIOS and t.name != "relaygate":
                         continue
                     log(f"{scen} run {rep + 1}/{s.reps} {t.name}")
                     t.server.wait_idle()

@@ -1,7 +1,8 @@
 """A fake Anthropic Messages API on a real socket, speaking protocols.md §3 exactly: `x-api-key`
 and `anthropic-version` enforced, `max_tokens` required, SSE with `event:` lines equal to the JSON
 `type`, pings between blocks, `message_stop` at the end (no [DONE]), `event: error` mid-stream,
-and the recorded error bodies (see `errors`). Scriptable per key (tests.fakes._native.Reply)."""
+past `thinking` blocks without a signature refused, `POST /v1/messages/count_tokens`, and the
+recorded error bodies (see `errors`). Scriptable per key (tests.fakes._native.Reply)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ from tests.fakes._native import (
 )
 
 VERSION = "2023-06-01"
+# the versions the API accepts: the one every tool sends, its predecessor, and the one the current
+# SDK (2.13) sends (protocols.md §12.1); any other value, or none, is refused
+VERSIONS = frozenset({"2023-01-01", VERSION, "2026-10-21"})
 
 
 def _error(status: int, body: dict[str, Any] | str, headers: dict[str, str] | None = None):
@@ -53,7 +57,21 @@ class FakeAnthropic(FakeUpstream):
     def _app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/messages", self._messages)
+        app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
         return app
+
+    async def _count_tokens(self, request: web.Request) -> web.Response:
+        """`{"input_tokens"}` (protocols.md §12.1), counted as a Message's input is."""
+        key = request.headers.get("x-api-key")
+        body = await read_json(request)
+        self._record(request, key, body)
+        if not key:
+            return _error(401, errors.invalid_key())
+        if request.headers.get("anthropic-version") not in VERSIONS:
+            return _error(400, errors.invalid_request("anthropic-version: header is required"))
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            return _error(400, errors.invalid_request("messages: Field required"))
+        return web.json_response({"input_tokens": _input_tokens(body)})
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
         key = request.headers.get("x-api-key")
@@ -61,7 +79,7 @@ class FakeAnthropic(FakeUpstream):
         self._record(request, key, body)
         if not key:
             return _error(401, errors.invalid_key())
-        if request.headers.get("anthropic-version") != VERSION:
+        if request.headers.get("anthropic-version") not in VERSIONS:
             return _error(400, errors.invalid_request("anthropic-version: header is required"))
         problem = _check(body)
         if problem:
@@ -82,18 +100,45 @@ def _check(body: Any) -> str | None:
     """What the real API would refuse with a 400 (a mistranslation shows up here)."""
     if not isinstance(body, dict):
         return "body: not a JSON object"
-    if not isinstance(body.get("max_tokens"), int):
+    max_tokens = body.get("max_tokens")
+    if max_tokens is None:
         return "max_tokens: Field required"
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        return "max_tokens: Input should be a valid integer greater than or equal to 1"
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         return "messages: at least one message is required"
     for i, message in enumerate(messages):
         if message.get("role") not in ("user", "assistant"):
             return f"messages.{i}.role: Input should be 'user' or 'assistant'"
+        problem = _check_thinking(i, message)
+        if problem:
+            return problem
     temperature = body.get("temperature")
     if temperature is not None and not 0 <= temperature <= 1:
         return "temperature: Input should be less than or equal to 1"
     return None
+
+
+def _check_thinking(i: int, message: dict[str, Any]) -> str | None:
+    """A past `thinking` block must carry the signature Anthropic gave it (the API checks it)."""
+    content = message.get("content")
+    if message.get("role") != "assistant" or not isinstance(content, list):
+        return None
+    for j, block in enumerate(content):
+        if not isinstance(block, dict) or block.get("type") != "thinking":
+            continue
+        signature = block.get("signature")
+        if signature is None:
+            return f"messages.{i}.content.{j}.thinking.signature: Field required"
+        if not isinstance(signature, str) or not signature:
+            return f"messages.{i}.content.{j}: Invalid `signature` in `thinking` block"
+    return None
+
+
+def _input_tokens(body: dict[str, Any]) -> int:
+    """The stand-in input count of a Message or a count_tokens request: words + 7."""
+    return count_words(body.get("messages")) + count_words(body.get("system")) + 7
 
 
 class _Answer:
@@ -101,7 +146,7 @@ class _Answer:
         self.body, self.reply = body, reply
         self.pieces = answer_pieces(reply, _last_user_text(body))
         self.calls = reply.tool_calls or []
-        prompt = count_words(body.get("messages")) + count_words(body.get("system")) + 7
+        prompt = _input_tokens(body)
         completion = len(self.pieces) + 10 * len(self.calls)
         self.input, self.output = reply.usage or (prompt, completion)
         self.id = f"msg_{uuid.uuid4().hex[:24]}"

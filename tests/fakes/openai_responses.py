@@ -2,10 +2,12 @@
 documented event stream with `event:` lines and sequence numbers, for the scripted Reply (text,
 or function calls). Used by the Responses door's passthrough tests. In a stream,
 `inband_error_after=N` sends `response.failed` (status failed, `error: {code, message}`) after N
-text deltas and ends, and `cut_after=N` ends the body after N text deltas, unfinished."""
+text deltas and ends, `cut_after=N` ends the body after N text deltas, unfinished, and
+`chunk_delay_s` comes before each text delta."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -111,6 +113,8 @@ async def answer(request: web.Request, body: dict[str, Any], reply: Any) -> web.
                     return resp
                 if n == reply.cut_after:
                     return resp
+                if reply.chunk_delay_s:
+                    await asyncio.sleep(reply.chunk_delay_s)
                 await send("response.output_text.delta", **ids, delta=piece, logprobs=[])
             text = item["content"][0]["text"]
             await send("response.output_text.done", **ids, text=text, logprobs=[])

@@ -174,6 +174,12 @@ def _tool_input(arguments: Any) -> dict[str, Any]:
     return parsed if isinstance(parsed, dict) else {}
 
 
+def stream_error_event(error: Mapping[str, Any]) -> bytes:
+    """A failure after the stream started, as Anthropic sends it: `event: error`."""
+    body = {"type": error_type(error.get("type")), "message": str(error.get("message") or "")}
+    return event("error", {"type": "error", "error": body})
+
+
 def event(name: str, data: Mapping[str, Any]) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
@@ -235,8 +241,7 @@ class AnthropicStream(DoorStream):
         return out + event("message_stop", {"type": "message_stop"})
 
     def fail(self, error: Mapping[str, Any]) -> bytes:
-        body = {"type": error_type(error.get("type")), "message": str(error.get("message") or "")}
-        return self._start(None) + event("error", {"type": "error", "error": body})
+        return self._start(None) + stream_error_event(error)
 
     def _start(self, model: Any) -> bytes:
         if self._started:

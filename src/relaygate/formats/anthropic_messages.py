@@ -25,6 +25,7 @@ from relaygate.formats._anthropic_stream import (
     AnthropicStream,
     render_message,
     status_error_type,
+    stream_error_event,
 )
 from relaygate.formats.base import Door, DoorStream
 
@@ -36,6 +37,10 @@ _DROPPED = frozenset({"thinking", "redacted_thinking"})
 class AnthropicMessages(Door):
     name = "anthropic_messages"
     route = "/v1/messages"
+    # what an Anthropic upstream needs of the client's headers when the body passes through
+    # (providers/_anthropic_native.py filters the beta list)
+    native_headers = ("anthropic-version", "anthropic-beta")
+    output_limit_field = ("max_tokens",)  # a passed-through body reserves by its own limit
 
     def chat_body(self) -> dict[str, Any]:
         body = self.body
@@ -83,6 +88,12 @@ class AnthropicMessages(Door):
                 "error": {"type": status_error_type(error.status), "message": message},
             }
         )
+
+    @classmethod
+    def stream_error(cls, error: Mapping[str, Any]) -> bytes:
+        """A passed-through stream that failed: Anthropic's `event: error` (the SDK drops an
+        event without its `event:` line, so the default `data:` event would go unseen)."""
+        return stream_error_event(error)
 
     def _tool_id(self, n: int) -> str:
         """An id for the n-th tool call when the upstream gave none."""

@@ -34,6 +34,7 @@ from relaygate.formats import _gemini_request as rq
 from relaygate.formats._gemini_stream import (
     GeminiStream,
     canonical_status,
+    error_event,
     render_response,
 )
 from relaygate.formats.base import Door, DoorStream
@@ -49,6 +50,8 @@ _COUNT_ID = "req_" + "0" * 32
 class GeminiNative(Door):
     name = "gemini_native"
     route = "/v1beta/models:generateContent"
+    # a passed-through body reserves by its own limit (read by `output_limit`, snake_case too)
+    output_limit_field = ("generationConfig", "maxOutputTokens")
 
     def chat_body(self) -> dict[str, Any]:
         body = self.body
@@ -85,6 +88,20 @@ class GeminiNative(Door):
 
     def streamer(self) -> DoorStream:
         return GeminiStream(response_id=self.new_id("resp"), model=self.model)
+
+    def output_limit(self) -> int | None:
+        """`generationConfig.maxOutputTokens`, by either spelling the door accepts."""
+        config = rq.field(self.body, "generationConfig")
+        value = rq.field(config, "maxOutputTokens") if isinstance(config, dict) else None
+        ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
+        return value if ok else None
+
+    @classmethod
+    def stream_error(cls, error: Mapping[str, Any]) -> bytes:
+        """A passed-through stream that failed: a google.rpc.Status `data:` event. The SDK takes
+        the event's `error.code` as the HTTP status, so the SPEC's event (a string code) would
+        break it with a TypeError instead of raising an APIError."""
+        return error_event(error)
 
     @classmethod
     def error_body(cls, error: RelaygateError, message: str) -> bytes:

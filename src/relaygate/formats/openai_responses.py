@@ -37,6 +37,7 @@ _STATELESS = (
 class OpenAIResponses(Door):
     name = "openai_responses"
     route = "/v1/responses"
+    output_limit_field = ("max_output_tokens",)  # a passed-through body reserves by its own limit
 
     _tool_map: tuple[ToolMap, list[dict[str, Any]]] | None = None
 

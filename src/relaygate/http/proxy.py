@@ -28,6 +28,7 @@ from relaygate.http.headers import error_headers, extract_key, limit_headers
 from relaygate.inflight import SHUTTING_DOWN
 from relaygate.providers._sse import SSEBuffer, parse_event
 from relaygate.routing.attempts import Completed, StreamStarted
+from relaygate.routing.native_count import native_count
 from relaygate.types import NativeBody
 
 _JSON = (b"content-type", b"application/json")
@@ -165,10 +166,7 @@ class Proxy:
         )
         native = None
         if not door.same_as_core:  # a target that speaks the door's format gets the body
-            wanted = door.native_headers
-            given = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-            headers = {name: given[name] for name in wanted if name in given}
-            native = NativeBody(door.name, body, door.stream, headers)
+            native = NativeBody(door.name, body, door.stream, _native_headers(scope, door))
         try:
             result = await gw.open_chat(chat, call, plan, native)
         except RelaygateError as exc:
@@ -178,7 +176,9 @@ class Proxy:
         return result, call, None if door.same_as_core or result.native else door
 
     async def _other(self, scope: Scope, receive: Receive, send: Send, route: Route) -> None:
-        """A token count or a model list: answered here, no upstream call."""
+        """A token count or a model list: answered here. A count is exact when the model's
+        first target counts in the door's own format (routing/native_count.py), else estimated
+        as admission estimates a prompt."""
         from relaygate.formats import anthropic_messages, gemini_native
 
         if route.op == "models":
@@ -190,8 +190,10 @@ class Proxy:
                 chat = gemini_native.count_tokens_chat(request, route.model or "")
             else:
                 chat = anthropic_messages.count_tokens_chat(request)
-            per_token = self.gw.config.limits.prompt_bytes_per_token
-            tokens = int(len(orjson.dumps(chat)) / per_token) + 1
+            tokens = await self._exact_count(scope, route, request)
+            if tokens is None:
+                per_token = self.gw.config.limits.prompt_bytes_per_token
+                tokens = int(len(orjson.dumps(chat)) / per_token) + 1
             body = (
                 gemini_native.count_tokens_body(tokens)
                 if route.google_key
@@ -200,6 +202,16 @@ class Proxy:
         head = [(b"content-length", str(len(body)).encode("latin-1")), _JSON]
         await send({"type": "http.response.start", "status": 200, "headers": head})
         await send({"type": "http.response.body", "body": body})
+
+    async def _exact_count(self, scope: Scope, route: Route, request: dict[str, Any]) -> int | None:
+        door = route.door
+        model = route.model if route.model is not None else request.get("model")
+        try:
+            plan = self.gw.router.resolve(model if isinstance(model, str) else None)
+        except RelaygateError:
+            return None
+        native = NativeBody(door.name, request, False, _native_headers(scope, door))
+        return await native_count(self.gw.attempts, plan, native)
 
 
 def _not_allowed() -> RelaygateError:
@@ -251,6 +263,15 @@ def answer_headers(result: Completed | StreamStarted, call: Call) -> dict[str, s
         "x-relaygate-attempts": str(result.attempts),
         "x-relaygate-cache": "bypass",
     }
+
+
+def _native_headers(scope: Scope, door: Door | type[Door]) -> dict[str, str]:
+    """The client's headers a same-format upstream gets with the body (the door names them)."""
+    wanted = door.native_headers
+    if not wanted:
+        return {}
+    given = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+    return {name: given[name] for name in wanted if name in given}
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

@@ -1,7 +1,10 @@
 """Anthropic Messages passed through (SPEC §7a: the Anthropic door to an Anthropic upstream): the
 client's body goes up as it came (only `model` is the target's), with its `anthropic-version` and
 its `anthropic-beta` list less the values an API key cannot use (`oauth-*`, which Claude Code
-sends when it is signed in; Anthropic refuses the whole request for one such value). Owns the
+sends when it is signed in; Anthropic refuses the whole request for one such value). One more
+thing is taken out: past `thinking` blocks without a signature. The door renders another
+provider's reasoning so (it has no Anthropic signature), and Anthropic refuses a conversation
+holding one; signed thinking and `redacted_thinking` are Anthropic's own and stay. Owns the
 event reader that picks usage, errors and the end out of a passed-through stream."""
 
 from __future__ import annotations
@@ -49,8 +52,41 @@ def build(
         headers["x-api-key"] = key
     headers.update(provider.config.headers)
     path = "/messages" if provider.base_url.endswith("/v1") else "/v1/messages"
-    payload = orjson.dumps({**body.body, "model": model})
+    sent = {**body.body, "model": model}
+    messages = sent.get("messages")
+    if isinstance(messages, list) and any(_unsigned(m) for m in messages):
+        sent["messages"] = _without_unsigned_thinking(messages)
+    payload = orjson.dumps(sent)
     return UpstreamRequest("POST", provider.base_url + path, headers, payload)
+
+
+def _unsigned_block(block: Any) -> bool:
+    if not isinstance(block, dict) or block.get("type") != "thinking":
+        return False
+    signature = block.get("signature")
+    return not (isinstance(signature, str) and signature)
+
+
+def _unsigned(message: Any) -> bool:
+    """An assistant turn holding a thinking block whose signature is empty or missing."""
+    if not isinstance(message, dict) or message.get("role") != "assistant":
+        return False
+    content = message.get("content")
+    return isinstance(content, list) and any(_unsigned_block(b) for b in content)
+
+
+def _without_unsigned_thinking(messages: list[Any]) -> list[Any]:
+    """The messages with unsigned thinking blocks taken out; an assistant turn left with no
+    block at all goes too (Anthropic refuses empty content and joins adjacent user turns)."""
+    out: list[Any] = []
+    for message in messages:
+        if not _unsigned(message):
+            out.append(message)
+            continue
+        kept = [b for b in message["content"] if not _unsigned_block(b)]
+        if kept:
+            out.append({**message, "content": kept})
+    return out
 
 
 def parse(body: bytes) -> Usage | None:
@@ -94,3 +130,19 @@ class MessagesReader(Reader):
 
 def relay() -> PassthroughRelay:
     return PassthroughRelay(MessagesReader())
+
+
+def count_request(
+    provider: native.Provider, body: NativeBody, model: str, key: str | None
+) -> UpstreamRequest:
+    """POST /v1/messages/count_tokens with the client's count body (SPEC §7a: exact counts from
+    Anthropic targets)."""
+    request = build(provider, body, model, key)
+    request.url = request.url.removesuffix("/messages") + "/messages/count_tokens"
+    return request
+
+
+def parse_count(body: bytes) -> int | None:
+    obj = orjson.loads(body)
+    value = obj.get("input_tokens") if isinstance(obj, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -33,6 +33,17 @@ class SSEBuffer:
             raise EventTooLarge
         return [p for p in parts if p]
 
+    @property
+    def pending(self) -> bool:
+        """Whether part of an event is held."""
+        return bool(self._buf)
+
+    def keep(self, rest: bytes) -> None:
+        """Hold `rest` (the start of an event a caller read past the last boundary)."""
+        if len(rest) > MAX_EVENT_BYTES:
+            raise EventTooLarge
+        self._buf = rest
+
     def flush(self) -> list[bytes]:
         """At the end of the body: what is left is an event only when it is whole, an event
         whose data is `[DONE]` or a complete JSON value (an upstream that ends without the

@@ -97,6 +97,9 @@ class PostgresLedger:
     async def write(self, rows: Sequence[LedgerRecord]) -> None:
         if not rows:
             return
+        # in id order: two writers of overlapping batches (a retried one) take the rows' index
+        # locks in the same order, so neither waits for the other crosswise (a deadlock)
+        rows = sorted(rows, key=lambda r: r.id)
         params = [
             (
                 *(r.id, r.ts, r.day, r.client_id, r.client, r.route, r.provider, r.model),
