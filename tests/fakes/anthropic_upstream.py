@@ -111,6 +111,12 @@ def _check(body: Any) -> str | None:
     for i, message in enumerate(messages):
         if message.get("role") not in ("user", "assistant"):
             return f"messages.{i}.role: Input should be 'user' or 'assistant'"
+        content = message.get("content")
+        if not content and not (i == len(messages) - 1 and message.get("role") == "assistant"):
+            return (
+                f"messages.{i}: all messages must have non-empty content except for the "
+                "optional final assistant message"
+            )
         problem = _check_thinking(i, message)
         if problem:
             return problem

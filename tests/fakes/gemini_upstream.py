@@ -59,6 +59,8 @@ class FakeGemini(FakeUpstream):
         model, _, method = request.match_info["target"].partition(":")
         if not key:
             return _error(403, errors.unregistered())
+        if method == "countTokens":  # a stand-in count: the words of every text, plus 3
+            return web.json_response({"totalTokens": count_words(body) + 3})
         if method not in ("generateContent", "streamGenerateContent"):
             return _error(404, errors.not_found(model))
         stream = method == "streamGenerateContent"

@@ -170,3 +170,30 @@ def test_error_bodies(name: str) -> None:
     cls = door_class(name)
     for key, error in ERRORS.items():
         assert orjson.loads(cls.error_body(error, error.message)) == want[key], key
+
+
+@pytest.mark.parametrize(("name", "path"), cases("stream"))
+async def test_stream_through_the_proxy_path(name: str, path: Path) -> None:
+    """The same chunks as the core sends them (SSE bytes, in one read and event by event), read
+    by the proxy (http/proxy.py: door_stream, the answer-text chunks by their JSON literal):
+    the same events as feeding the parsed chunks."""
+    from relaygate.http.proxy import door_stream
+
+    case = load(path)
+    frames = []
+    for chunk in case["chunks"]:
+        frames.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        if set(chunk) == {"error"}:
+            break
+    else:
+        frames.append(b"data: [DONE]\n\n")
+    for reads in ([b"".join(frames)], frames):
+
+        async def core(parts: list[bytes] = reads) -> Any:
+            for part in parts:
+                yield part
+
+        door = make(name, case["request"])
+        door.chat_body()
+        out = b"".join([part async for part in door_stream(core(), door.streamer())])
+        assert events(out) == expected(path, "expected_stream")

@@ -18,6 +18,7 @@ from google.genai import types
 
 from relaygate.auth.clients import static_id
 from tests.conftest import CLIENT_KEY
+from tests.fakes._native import count_words
 from tests.integration._doors import KINDS, MODELS, WEATHER_CALL
 
 VERSIONS = (None, "v1beta")  # None: the SDK's default (v1)
@@ -231,8 +232,14 @@ def test_count_tokens_and_models_list(door_upstream, kind, version):
     assert counted.total_tokens > 0
     longer = client.models.count_tokens(model=served.model, contents="how many tokens? " * 50)
     assert longer.total_tokens > counted.total_tokens
-    # estimated by the gateway, or counted by a target that counts in Gemini's format
+    # estimated by the gateway, or counted exactly by a target that counts in Gemini's format
     assert all(c.path.endswith(":countTokens") for c in served.fake.calls())
+    if kind == "gemini":  # exact: the upstream's own count of the client's body
+        first = served.fake.calls()[0]
+        assert first.key == served.key and first.path.endswith(f"{MODELS[kind]}:countTokens")
+        assert counted.total_tokens == count_words(first.json) + 3
+    else:
+        assert not served.fake.calls()
 
     names = [m.name for m in client.models.list()]
     assert f"models/{served.model}" in names, names

@@ -179,6 +179,9 @@ def error_event(error: Mapping[str, Any]) -> bytes:
     return b"data: " + orjson.dumps({"error": body}) + b"\n\n"
 
 
+_TEXT_HEAD = b'data: {"candidates":[{"content":{"role":"model","parts":[{"text":'
+
+
 class GeminiStream(DoorStream):
     """The core's chunks -> Gemini's SSE events. The last event is sent when the usage chunk
     (`choices: []`) arrives, or at `end` when none came."""
@@ -190,13 +193,18 @@ class GeminiStream(DoorStream):
         self._calls: dict[int, dict[int, dict[str, Any]]] = {}  # choice -> tool index -> call
         self._usage: Any = None
         self._done = False
+        self._tail = b""  # what closes a text event: the model and the response id, encoded
 
     def feed(self, chunk: Mapping[str, Any]) -> bytes:
         if self._done:
             return b""
         model = chunk.get("model")
-        if isinstance(model, str) and model:
+        if isinstance(model, str) and model and (model != self._model or not self._tail):
             self._model = model
+            self._tail = b""
+        if not self._tail:
+            tail = {"modelVersion": self._model, "responseId": self._id}
+            self._tail = b'}]},"index":0}],' + orjson.dumps(tail)[1:] + b"\n\n"
         choices = chunk.get("choices")
         rows = [c for c in choices if isinstance(c, Mapping)] if isinstance(choices, list) else []
         candidates = []
@@ -210,6 +218,16 @@ class GeminiStream(DoorStream):
             if not rows:
                 out += self._last()
         return out
+
+    def text_literal(self, literal: bytes) -> bytes | None:
+        """Text for candidate 0 with the chunk's JSON literal copied in (after a first chunk
+        went through `feed`, which fixed the model)."""
+        if self._done or not self._tail:
+            return None
+        self._seen.setdefault(0, None)
+        if literal == b'""':
+            return b""
+        return _TEXT_HEAD + literal + self._tail
 
     def end(self) -> bytes:
         return b"" if self._done else self._last()

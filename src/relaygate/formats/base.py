@@ -32,6 +32,13 @@ class DoorStream(ABC):
     @abstractmethod
     def feed(self, chunk: Mapping[str, Any]) -> bytes: ...
 
+    def text_literal(self, literal: bytes) -> bytes | None:
+        """A chunk that carries only answer text for choice 0, given as the JSON string literal
+        it held (quotes and escapes as they came: valid JSON to copy into the door's own
+        event without decoding it): the door's bytes for it, or None to have the chunk parsed
+        and given to `feed`. By default None."""
+        return None
+
     @abstractmethod
     def end(self) -> bytes: ...
 

@@ -19,10 +19,11 @@ from relaygate.auth.first_key import ensure_first_client_key
 from relaygate.config.model import Config
 from relaygate.errors import InvalidRequest, NotFound, RelaygateError
 from relaygate.gateway import Gateway
+from relaygate.http._asgi import answer_error
 from relaygate.http._common import cancelled_by_us, gateway, internal_error, request_id
 from relaygate.http.doors import Routes, openapi_paths
 from relaygate.http.headers import error_headers
-from relaygate.http.proxy import Proxy, answer_error
+from relaygate.http.proxy import Proxy
 from relaygate.http.routes import admin, clients, models, status, usage
 
 

@@ -10,35 +10,47 @@ get the core's answer parsed and rendered, and its stream parsed event by event.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
-from urllib.parse import parse_qs
 
 import orjson
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from relaygate.accounting import Call, new_request_id
 from relaygate.auth.clients import ClientInfo
-from relaygate.errors import InvalidRequest, PayloadTooLarge, RelaygateError, Unauthorized
+from relaygate.errors import InvalidRequest, RelaygateError, Unauthorized
 from relaygate.formats.base import Door, DoorStream
 from relaygate.gateway import Gateway
+from relaygate.http._asgi import (
+    JSON,
+    ClientGone,
+    answer_error,
+    encoded,
+    google_key,
+    header,
+    not_allowed,
+    read_body,
+    relay_stream,
+)
 from relaygate.http._common import cancelled_by_us, internal_error, parse_json
 from relaygate.http.doors import Route
-from relaygate.http.headers import error_headers, extract_key, limit_headers
+from relaygate.http.headers import extract_key, limit_headers
 from relaygate.inflight import SHUTTING_DOWN
-from relaygate.providers._sse import SSEBuffer, parse_event
+from relaygate.providers._sse import parse_event
 from relaygate.routing.attempts import Completed, StreamStarted
 from relaygate.routing.native_count import native_count
 from relaygate.types import NativeBody
 
-_JSON = (b"content-type", b"application/json")
+# the common chunk, answer text alone for choice 0, as OpenAI-compatible upstreams and the
+# native relays write it (compact JSON): found with a plain search, its text's JSON literal
+# handed to the door as it is (DoorStream.text_literal), no parse, no dump
+_TEXT_HEAD = b'"choices":[{"index":0,"delta":{"content":'
+_TEXT_REST = re.compile(
+    rb'("[^"\\]*(?:\\.[^"\\]*)*")\}(?:,"logprobs":null)?,"finish_reason":null\}\]'
+)
 _SSE_TAIL = ((b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no"))
 _KEY_HEADERS = {b"authorization": "authorization", b"x-api-key": "x-api-key"}
-_END: Message = {"type": "http.response.body", "body": b"", "more_body": False}
-
-
-class _ClientGone(Exception):
-    """The client went away while its request body was being read."""
 
 
 class Proxy:
@@ -61,7 +73,7 @@ class Proxy:
             rid = new_request_id()
             try:
                 if route.op == "not_allowed":
-                    raise _not_allowed()
+                    raise not_allowed()
                 client = self._authenticate(scope, route)
                 if route.op != "chat":
                     await self._other(scope, receive, send, route)
@@ -71,19 +83,19 @@ class Proxy:
                 started = True
                 await answer_error(send, exc, rid, self.gw.redact, door)
                 return
-            except _ClientGone:
+            except ClientGone:
                 return
             if isinstance(result, Completed):
                 body = result.body if rendered is None else door_body(rendered, result.body)
-                head = _encoded(answer_headers(result, call))
+                head = encoded(answer_headers(result, call))
                 head.append((b"content-length", str(len(body)).encode("latin-1")))
-                head.append(_JSON)
+                head.append(JSON)
                 started = True
                 await send({"type": "http.response.start", "status": 200, "headers": head})
                 await send({"type": "http.response.body", "body": body})
                 return
             try:
-                head = _encoded(answer_headers(result, call))
+                head = encoded(answer_headers(result, call))
                 head.extend(_SSE_TAIL)
                 head.append((b"content-type", door.stream_content_type))
                 started = True
@@ -94,7 +106,7 @@ class Proxy:
                     chunks = self.gw.relay(result, call, self._native_error(door))
                 else:
                     chunks = self.gw.relay(result, call)
-                await _stream(chunks, receive, send)
+                await relay_stream(chunks, receive, send)
             finally:
                 if not result.settled:  # never relayed: the client left before the first byte
                     self.gw.discard(result, call)
@@ -141,7 +153,7 @@ class Proxy:
                 presented.setdefault(_KEY_HEADERS[raw], value.decode("latin-1"))  # first wins
         key = extract_key(presented)
         if key is None and route.google_key:
-            key = _google_key(scope)
+            key = google_key(scope)
         client = self.gw.clients.authenticate(key)
         if client is None:
             self.gw.accounting.refused("auth")
@@ -154,7 +166,7 @@ class Proxy:
         """Read, translate, admit and open the request: the whole answer or the started stream,
         and the door to render it (None: the core's bytes are the answer)."""
         gw = self.gw
-        raw = await _read_body(receive, _header(scope, b"content-length"), self.limit)
+        raw = await read_body(receive, header(scope, b"content-length"), self.limit)
         body = parse_json(raw)
         door = route.door(body, request_id=rid, model=route.model, stream=route.stream)
         try:
@@ -184,7 +196,7 @@ class Proxy:
         if route.op == "models":
             body = gemini_native.models_body(self.gw.models())
         else:
-            raw = await _read_body(receive, _header(scope, b"content-length"), self.limit)
+            raw = await read_body(receive, header(scope, b"content-length"), self.limit)
             request = parse_json(raw)
             if route.google_key:
                 chat = gemini_native.count_tokens_chat(request, route.model or "")
@@ -199,7 +211,7 @@ class Proxy:
                 if route.google_key
                 else anthropic_messages.count_tokens_body(tokens)
             )
-        head = [(b"content-length", str(len(body)).encode("latin-1")), _JSON]
+        head = [(b"content-length", str(len(body)).encode("latin-1")), JSON]
         await send({"type": "http.response.start", "status": 200, "headers": head})
         await send({"type": "http.response.body", "body": body})
 
@@ -214,28 +226,37 @@ class Proxy:
         return await native_count(self.gw.attempts, plan, native)
 
 
-def _not_allowed() -> RelaygateError:
-    error = RelaygateError("Method Not Allowed", code="method_not_allowed")
-    error.status, error.type = 405, "invalid_request_error"
-    return error
-
-
 def door_body(door: Door, core: bytes) -> bytes:
     return door.render(orjson.loads(core))
 
 
 async def door_stream(chunks: AsyncGenerator[bytes, None], out: DoorStream) -> AsyncIterator[bytes]:
     """The core's SSE bytes -> the door's events: each chunk parsed and fed; the core's error
-    event becomes the door's failure; [DONE] (or the end) its end."""
-    sse = SSEBuffer()
+    event becomes the door's failure; [DONE] (or the end) its end. The core frames every event
+    as `data:` lines ending in a blank line, LF only."""
+    rest = b""
     done = False
     try:
         async for data in chunks:
+            blocks = (rest + data if rest else data).split(b"\n\n")
+            rest = blocks.pop()
             parts: list[bytes] = []
-            for block in sse.feed(data):
-                _, payload = parse_event(block)
-                if payload is None or done or payload.startswith(b"[DONE]"):
+            for block in blocks:
+                if done:
+                    break
+                if block.startswith(b"data: ") and b"\n" not in block:
+                    payload: bytes | None = block[6:]
+                else:
+                    _, payload = parse_event(block)
+                if payload is None or payload.startswith(b"[DONE]"):
                     continue
+                at = payload.find(_TEXT_HEAD)
+                if at != -1 and b'"usage":{' not in payload:
+                    text = _TEXT_REST.match(payload, at + len(_TEXT_HEAD))
+                    fast = None if text is None else out.text_literal(text.group(1))
+                    if fast is not None:
+                        parts.append(fast)
+                        continue
                 obj = orjson.loads(payload)
                 if len(obj) == 1 and "error" in obj:
                     parts.append(out.fail(obj["error"]))
@@ -272,108 +293,3 @@ def _native_headers(scope: Scope, door: Door | type[Door]) -> dict[str, str]:
         return {}
     given = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
     return {name: given[name] for name in wanted if name in given}
-
-
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value)
-    return None
-
-
-def _google_key(scope: Scope) -> str | None:
-    value = _header(scope, b"x-goog-api-key")
-    if value is not None and value.strip():
-        return value.decode("latin-1").strip()
-    query = scope.get("query_string", b"").decode("latin-1")
-    keys = parse_qs(query).get("key") if query else None
-    return keys[0].strip() if keys and keys[0].strip() else None
-
-
-async def _read_body(receive: Receive, declared: bytes | None, limit: int) -> bytes:
-    if declared is not None:
-        try:
-            if int(declared.decode("latin-1")) > limit:
-                raise PayloadTooLarge(limit)
-        except ValueError:
-            raise InvalidRequest("Content-Length is not a number.") from None
-    message = await receive()
-    if message["type"] != "http.request":
-        raise _ClientGone
-    body: bytes = message.get("body", b"")
-    if not message.get("more_body", False):
-        if len(body) > limit:
-            raise PayloadTooLarge(limit)
-        return body
-    parts = [body]
-    size = len(body)
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            raise _ClientGone
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(limit)
-        parts.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(parts)
-
-
-def _encoded(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
-    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
-
-
-async def answer_error(
-    send: Send,
-    exc: RelaygateError,
-    rid: str,
-    redact: Callable[[str], str] | None = None,
-    door: type[Door] | None = None,
-) -> None:
-    """An error answer in the door's shape (the SPEC's by default), as raw ASGI sends (also the
-    app's 404 for a path with control characters); `rid` empty: no x-request-id."""
-    message = exc.message if redact is None else redact(exc.message)
-    body = exc.body(lambda _: message) if door is None else door.error_body(exc, message)
-    head = _encoded(error_headers(exc))
-    if rid:
-        head.append((b"x-request-id", rid.encode("latin-1")))
-    head.append((b"content-length", str(len(body)).encode("latin-1")))
-    head.append(_JSON)
-    await send({"type": "http.response.start", "status": exc.status, "headers": head})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def _stream(chunks: AsyncIterator[bytes], receive: Receive, send: Send) -> None:
-    """Relay the stream's chunks. A watcher waits for `http.disconnect`; when the client goes
-    away first, this task is cancelled, which cancels the upstream read and lets the relay mark
-    the call client_closed; the cancellation ends here."""
-    task = asyncio.current_task()
-    assert task is not None
-    state = {"done": False, "gone": False}
-
-    async def watch() -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                break
-        if not state["done"]:
-            state["gone"] = True
-            task.cancel()
-
-    watcher = asyncio.get_running_loop().create_task(watch())
-    try:
-        async for chunk in chunks:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        state["done"] = True
-        await send(_END)
-    except asyncio.CancelledError:
-        if not state["gone"]:
-            raise
-        task.uncancel()
-    finally:
-        state["done"] = True
-        watcher.cancel()
-        aclose = getattr(chunks, "aclose", None)
-        if aclose is not None:
-            await aclose()

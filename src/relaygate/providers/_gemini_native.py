@@ -31,6 +31,22 @@ def build(
     return UpstreamRequest("POST", url, headers, orjson.dumps(body.body))
 
 
+def count_request(
+    provider: native.Provider, body: NativeBody, model: str, key: str | None
+) -> UpstreamRequest:
+    """The target model's :countTokens with the client's count body (SPEC §7a: exact counts
+    from Gemini targets)."""
+    request = build(provider, body, model, key)
+    request.url = request.url.rsplit(":", 1)[0] + ":countTokens"
+    return request
+
+
+def parse_count(body: bytes) -> int | None:
+    obj = orjson.loads(body)
+    value = obj.get("totalTokens") if isinstance(obj, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def parse(body: bytes) -> Usage | None:
     obj = load_json(body)
     if "error" in obj:
