@@ -284,7 +284,8 @@ class Gateway:
                 error = None
             if error is not None:
                 error_code = error.code
-                yield event(error)
+                if not relay.error_sent:  # else the upstream's own failure event went out
+                    yield event(error)
         except TimeoutError:
             error_code = UpstreamTimeout.code
             yield event(UpstreamTimeout("The upstream stream went silent."))

@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 import orjson
 
 from relaygate.errors import InvalidRequest
+from relaygate.formats.base import Untranslatable
 
 _SNAKE = re.compile(r"(?<!^)(?=[A-Z])")
 _CAMEL = re.compile(r"_([a-z])")
@@ -44,6 +45,11 @@ def field(obj: Mapping[str, Any], name: str) -> Any:
 
 def invalid(message: str, param: str) -> NoReturn:
     raise InvalidRequest(message, param=param)
+
+
+def untranslatable(message: str, param: str) -> NoReturn:
+    """Valid Gemini the chat format cannot say: a Gemini target still takes it as it came."""
+    raise Untranslatable(message, param=param)
 
 
 def as_object(value: Any, where: str) -> dict[str, Any]:
@@ -125,7 +131,7 @@ class Turns:
             elif kind == "functionResponse":
                 self._answer(value, f"{at}.functionResponse")
             else:
-                invalid(f"'{at}' ({kind}) cannot be sent in a user turn.", at)
+                untranslatable(f"'{at}' ({kind}) cannot be sent in a user turn.", at)
         if len(content) == 1 and content[0]["type"] == "text":
             self._slots.append(({"role": "user", "content": content[0]["text"]}, []))
         elif content:
@@ -141,7 +147,7 @@ class Turns:
             elif kind == "functionCall":
                 calls.append(self._call(value, f"{at}.functionCall"))
             else:
-                invalid(f"'{at}' ({kind}) cannot be sent in a model turn.", at)
+                untranslatable(f"'{at}' ({kind}) cannot be sent in a model turn.", at)
         text = "".join(texts)
         if not text and not calls:
             return
@@ -180,14 +186,14 @@ class Turns:
         if given is not None:
             call_id = as_str(given, f"{where}.id")
             if call_id not in self._answers:
-                invalid(f"'{where}.id' {call_id!r} answers no earlier functionCall.", where)
+                untranslatable(f"'{where}.id' {call_id!r} answers no earlier functionCall.", where)
             pending = self._pending.get(self._names[call_id], [])
             if call_id in pending:
                 pending.remove(call_id)
         elif self._pending.get(name):
             call_id = self._pending[name].pop(0)
         else:
-            invalid(f"'{where}' answers no earlier unanswered functionCall {name!r}.", where)
+            untranslatable(f"'{where}' answers no earlier unanswered functionCall {name!r}.", where)
         content = compact(response, f"{where}.response")
         self._answers[call_id].append({"role": "tool", "tool_call_id": call_id, "content": content})
 
@@ -206,7 +212,7 @@ def _parts(parts: list[Any], where: str) -> list[tuple[int, tuple[str, Any]]]:
             continue
         kind, value = found
         if kind in ("executableCode", "codeExecutionResult"):
-            invalid(f"'{at}': {kind} parts are not supported by this gateway.", at)
+            untranslatable(f"'{at}': {kind} parts are not supported by this gateway.", at)
         if kind == "text":
             value = as_str(value, f"{at}.text")
         out.append((j, (kind, value)))
@@ -221,7 +227,9 @@ def _image(kind: str, value: Any, where: str) -> dict[str, Any]:
     if kind == "inlineData":
         data = as_str(field(media, "data"), f"{where}.data")
         if not mime.startswith("image/"):
-            invalid(f"'{where}': only images can be sent inline, not {mime or 'no type'!r}.", where)
+            untranslatable(
+                f"'{where}': only images can be sent inline, not {mime or 'no type'!r}.", where
+            )
         # the SDK encodes bytes URL-safe; a data: URL wants the standard alphabet
         url = f"data:{mime};base64,{data.replace('-', '+').replace('_', '/')}"
     else:
@@ -230,7 +238,7 @@ def _image(kind: str, value: Any, where: str) -> dict[str, Any]:
         if not url.startswith(("https://", "http://")) or not (
             mime.startswith("image/") or (not mime and looks_image)
         ):
-            invalid(f"'{where}': only http(s) image URIs can be sent as fileData.", where)
+            untranslatable(f"'{where}': only http(s) image URIs can be sent as fileData.", where)
     return {"type": "image_url", "image_url": {"url": url}}
 
 

@@ -21,6 +21,7 @@ import orjson
 
 from relaygate.errors import InvalidRequest
 from relaygate.formats._responses_tools import ToolMap
+from relaygate.formats.base import Untranslatable
 
 _TEXT_PARTS = ("input_text", "output_text", "text")
 _DETAILS = ("auto", "low", "high")
@@ -150,7 +151,7 @@ def _user_parts(parts: list[Any], where: str) -> list[dict[str, Any]]:
         elif kind == "input_file":
             data = part.get("file_data")
             if not isinstance(data, str) or not data:
-                raise InvalidRequest(
+                raise Untranslatable(
                     f"'{at}' needs 'file_data': this gateway keeps no files, so 'file_id' and "
                     "'file_url' cannot be read.",
                     param=at,
@@ -167,7 +168,7 @@ def _user_parts(parts: list[Any], where: str) -> list[dict[str, Any]]:
 def _image(part: dict[str, Any], at: str) -> dict[str, Any]:
     url = part.get("image_url")
     if not isinstance(url, str) or not url:
-        raise InvalidRequest(
+        raise Untranslatable(
             f"'{at}' needs 'image_url' (an https or data: URL): this gateway keeps no files, so "
             "'file_id' cannot be read.",
             param=at,

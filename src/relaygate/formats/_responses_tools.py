@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from relaygate.errors import InvalidRequest
+from relaygate.formats.base import Untranslatable
 
 _VALID_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _INVALID_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
@@ -206,7 +207,7 @@ def chat_tool_choice(choice: object, names: ToolMap, *, has_tools: bool) -> Any:
     elif isinstance(choice, dict) and isinstance(choice.get("type"), str):
         kind = choice["type"]
         if kind not in _CHOICE_KINDS:
-            raise InvalidRequest(
+            raise Untranslatable(
                 f"'tool_choice' forces the hosted tool '{kind}', which this gateway cannot run "
                 "for any model; give it as a function tool or use 'auto'.",
                 param="tool_choice",
@@ -226,7 +227,7 @@ def chat_tool_choice(choice: object, names: ToolMap, *, has_tools: bool) -> Any:
         return out
     if out in ("auto", "none"):
         return None
-    raise InvalidRequest(
+    raise Untranslatable(
         "'tool_choice' asks for a tool call, but no function or custom tool was given (hosted "
         "tools are not run by this gateway).",
         param="tool_choice",

@@ -27,7 +27,7 @@ from relaygate.formats._anthropic_stream import (
     status_error_type,
     stream_error_event,
 )
-from relaygate.formats.base import Door, DoorStream
+from relaygate.formats.base import Door, DoorStream, Untranslatable
 
 BILLING_PREFIX = "x-anthropic-billing-header:"
 _TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
@@ -300,8 +300,13 @@ def _tool_choice(choice: Any, names: set[str]) -> dict[str, Any]:
     kind = choice.get("type")
     if kind == "tool":
         name = choice.get("name")
-        if not isinstance(name, str) or name not in names:
+        if not isinstance(name, str) or not name:
             _invalid("'tool_choice.name' must name a custom tool of 'tools'.", "tool_choice")
+        if name not in names:  # a server tool (dropped for targets that do not run them)
+            raise Untranslatable(
+                f"'tool_choice' forces the tool {name!r}, which this model cannot run.",
+                param="tool_choice",
+            )
         out: dict[str, Any] = {"tool_choice": {"type": "function", "function": {"name": name}}}
     elif isinstance(kind, str) and kind in _TOOL_CHOICES:
         out = {"tool_choice": _TOOL_CHOICES[kind]}
@@ -316,7 +321,11 @@ def _tool_choice(choice: Any, names: set[str]) -> dict[str, Any]:
 
 
 def _unsupported(kind: Any, at: str) -> NoReturn:
-    _invalid(f"'{at}': blocks of type {kind!r} are not supported by this gateway.", "messages")
+    """A block Anthropic knows that the chat format cannot say (an Anthropic target still takes
+    the body as it came)."""
+    raise Untranslatable(
+        f"'{at}': blocks of type {kind!r} cannot be sent to this model.", param="messages"
+    )
 
 
 def _invalid(message: str, param: str | None) -> NoReturn:

@@ -18,9 +18,17 @@ from typing import Any, ClassVar
 
 import orjson
 
-from relaygate.errors import RelaygateError
+from relaygate.errors import InvalidRequest, RelaygateError
 
 Redact = Callable[[str], str]
+
+
+class Untranslatable(InvalidRequest):
+    """A body valid in the door's own format that the core's format cannot say (a document
+    block, a forced hosted tool, inline data other than an image): a 400 for targets that
+    need it translated, but a target that speaks the door's format takes it as it came
+    (http/proxy.py). Any other InvalidRequest of a door is refused whatever the target, before
+    any upstream call (SPEC §8a)."""
 
 
 class DoorStream(ABC):

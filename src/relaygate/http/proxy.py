@@ -20,7 +20,7 @@ from starlette.types import Receive, Scope, Send
 from relaygate.accounting import Call, new_request_id
 from relaygate.auth.clients import ClientInfo
 from relaygate.errors import InvalidRequest, RelaygateError, Unauthorized
-from relaygate.formats.base import Door, DoorStream
+from relaygate.formats.base import Door, DoorStream, Untranslatable
 from relaygate.gateway import Gateway
 from relaygate.http._asgi import (
     JSON,
@@ -118,10 +118,11 @@ class Proxy:
         except Exception as exc:  # noqa: BLE001 (the ASGI boundary: log, answer, no traceback)
             await internal_error(scope, send, exc, started=started)
 
-    def _stand_in(self, door: Door, error: InvalidRequest) -> dict[str, Any]:
-        """A body the translation refuses may still suit targets that speak the door's format:
-        when every target of its model does, a stand-in chat body carries what admission and
-        routing read (the model, stream, the output limit) and the body itself goes through."""
+    def _stand_in(self, door: Door, error: Untranslatable) -> dict[str, Any]:
+        """A body the core's format cannot say may still suit targets that speak the door's
+        format: when every target of its model does, a stand-in chat body carries what
+        admission and routing read (the model, stream, the output limit) and the body itself
+        goes through."""
         gw = self.gw
         try:
             plan = gw.router.resolve(door.model)
@@ -171,8 +172,11 @@ class Proxy:
         door = route.door(body, request_id=rid, model=route.model, stream=route.stream)
         try:
             chat = door.chat_body()
-        except InvalidRequest as exc:
+        except Untranslatable as exc:
             chat = self._stand_in(door, exc)
+        except InvalidRequest:
+            gw.accounting.refused("invalid")
+            raise
         call, plan = await gw.begin(
             chat, client=client, route=door.route, raw_size=len(raw), request_id=rid
         )

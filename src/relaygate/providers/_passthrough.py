@@ -34,7 +34,8 @@ class Reader:
 
 class PassthroughRelay(StreamRelay):
     """Relays a same-format SSE stream event by event, untouched (a blank line after each
-    event, as SSE frames them), while its Reader notes what the gateway needs."""
+    event, as SSE frames them), while its Reader notes what the gateway needs. An in-band
+    failure event goes out too (it is in the client's format already) and is the last."""
 
     def __init__(self, reader: Reader) -> None:
         super().__init__()
@@ -69,8 +70,8 @@ class PassthroughRelay(StreamRelay):
             if isinstance(obj, dict):
                 self._reader.on_event(name, obj)
                 self._sync()
-                if self.error is not None:
-                    return b""
+                if self.error is not None:  # the upstream's failure event, in the client's own
+                    self.error_sent = True  # format: it goes out as it came, and ends the stream
         return block + b"\n\n"
 
     def _sync(self) -> None:

@@ -26,7 +26,7 @@ def build(
     if key:
         headers["authorization"] = f"Bearer {key}"
     headers.update(provider.config.headers)
-    payload = orjson.dumps({**body.body, "model": model})
+    payload = orjson.dumps({**body.body, "model": model, "store": False})  # stateless (SPEC §7a)
     return UpstreamRequest("POST", provider.base_url + "/responses", headers, payload)
 
 

@@ -52,6 +52,7 @@ class StreamRelay(ABC):
     def __init__(self) -> None:
         self.usage: Usage | None = None
         self.error: Failure | None = None
+        self.error_sent = False  # the client got the upstream's own failure event already
         self.finished = False
         self.content_events = 0
 
