@@ -188,6 +188,12 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
+_TEXT_DELTA = (
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":',
+    b',"delta":{"type":"text_delta","text":',
+)
+
+
 class AnthropicStream(DoorStream):
     """One streamed Message. Only the first choice is read (Anthropic has no `n`). A tool call's
     block opens on the first chunk that names its index; fragments for a tool call whose block
@@ -219,6 +225,17 @@ class AnthropicStream(DoorStream):
             if choice.get("finish_reason") is not None:
                 self._finish = choice["finish_reason"]
         return out
+
+    def text_literal(self, literal: bytes) -> bytes | None:
+        """Text into the open text block, the chunk's JSON literal copied into the event (when a
+        text block is open; else the chunk goes through `feed`, which opens one)."""
+        if self._open != ("text", -1):
+            return None
+        if literal == b'""':
+            return b""
+        return (
+            _TEXT_DELTA[0] + str(self._blocks - 1).encode() + _TEXT_DELTA[1] + literal + b"}}\n\n"
+        )
 
     def end(self) -> bytes:
         out = self._start(None) + self._close()

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -33,6 +33,11 @@ from relaygate.formats.base import DoorStream
 NewId = Callable[[str, int | None], str]
 _PART_EVENTS = {"text": "response.output_text", "refusal": "response.refusal"}
 _PART_FIELDS = {"text": "text", "refusal": "refusal"}
+_DELTA = (
+    b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+    b'"sequence_number":',
+    b',"logprobs":[]}\n\n',
+)
 
 
 @dataclass(slots=True)
@@ -40,6 +45,15 @@ class _Message:
     index: int
     item: dict[str, Any]
     kind: str | None = None  # the open part's kind: "text" or "refusal"
+    literals: list[bytes] = field(default_factory=list)  # text not yet added to the part
+    delta_head: bytes | None = None  # the open text part's delta event from item_id to delta
+
+    def settle(self) -> None:
+        """Add the text sent as JSON literals (text_literal) to the open part, decoded once."""
+        if self.literals:
+            pieces = orjson.loads(b"[" + b",".join(self.literals) + b"]")
+            self.item["content"][-1]["text"] += "".join(pieces)
+            self.literals.clear()
 
 
 @dataclass(slots=True)
@@ -86,6 +100,25 @@ class ResponsesStream(DoorStream):
                 self._finish = choice["finish_reason"]
         return sent
 
+    def text_literal(self, literal: bytes) -> bytes | None:
+        """Text into the open output_text part, the chunk's JSON literal copied into the delta
+        event and kept to add to the part once, when it is read (else None: `feed` opens it)."""
+        message = self._open
+        if not isinstance(message, _Message) or message.kind != "text":
+            return None
+        if literal == b'""':
+            return b""
+        if message.delta_head is None:
+            at = self._at(message)
+            message.delta_head = (
+                b',"item_id":' + orjson.dumps(at["item_id"])
+                + b',"output_index":%d,"content_index":%d,"delta":'
+                % (at["output_index"], at["content_index"])
+            )  # fmt: skip
+        message.literals.append(literal)
+        seq, self._seq = self._seq, self._seq + 1
+        return _DELTA[0] + str(seq).encode() + message.delta_head + literal + _DELTA[1]
+
     def end(self) -> bytes:
         sent = self._start(None)
         reason = out.incomplete_reason(self._finish)
@@ -99,6 +132,8 @@ class ResponsesStream(DoorStream):
 
     def fail(self, error: Mapping[str, Any]) -> bytes:
         sent = self._start(None)
+        if isinstance(self._open, _Message):
+            self._open.settle()
         response = self._live()
         response["status"] = "failed"
         response["error"] = {
@@ -147,8 +182,10 @@ class ResponsesStream(DoorStream):
             self._output.append(item)
             self._open = message
             sent += self._event("response.output_item.added", output_index=n, item=item)
+        message.settle()
         if message.kind != kind:
             sent += self._close_part(message)
+            message.delta_head = None
             part = out.part(kind, "")
             message.item["content"].append(part)
             message.kind = kind
@@ -167,6 +204,7 @@ class ResponsesStream(DoorStream):
         }
 
     def _close_part(self, message: _Message) -> bytes:
+        message.settle()
         if message.kind is None:
             return b""
         kind, message.kind = message.kind, None
