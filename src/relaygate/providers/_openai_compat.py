@@ -65,15 +65,6 @@ def _has_text(data: bytes) -> bool:
     return (b'"content"' in data or b'"arguments"' in data) and _CONTENT.search(data) is not None
 
 
-def _texts(data: bytes) -> int:
-    """How many events of a batch carry text (compact JSON, as upstreams send it); an estimate
-    for a stream that ends without usage."""
-    count = 0
-    for key in (b'"content":"', b'"arguments":"'):
-        count += data.count(key) - data.count(key + b'"')
-    return count
-
-
 class OpenAIStreamRelay(StreamRelay):
     """Relays OpenAI SSE as it comes. The upstream is always asked for usage; when the client did
     not ask for it, the usage-only chunk is kept from the client."""
@@ -102,40 +93,39 @@ class OpenAIStreamRelay(StreamRelay):
 
     def _whole_events(self, data: bytes) -> bytes | None:
         """The common case, without a look at each event: a read of whole, plain `data: <json>`
-        events (LF only, no comment, no other field, no error) that the client takes as they
-        are (it asked for usage). They go out as they came; usage is read from the one event
-        that carries it, [DONE] ends the stream, and content is counted for an estimate. Any
-        other read (None) takes the event-by-event path, which gives the same bytes."""
-        if self.finished or not data.startswith(b"data: ") or b"\r" in data:
+        events in compact JSON (LF only, no comment before the first, no other field, no error)
+        that the client takes as they are (it asked for usage). They go out as they came; usage
+        is read from the one event that carries it, [DONE] ends the stream, and each event
+        counts as one piece of content for an estimate. Any other read (None) takes the
+        event-by-event path, which gives the same bytes. A handful of scans of the read."""
+        if self.finished or not data.startswith(b"data: "):
             return None
-        end = data.rfind(b"\n\n")
-        if end == -1 or b'"error"' in data:
+        end = data.rfind(b"\n\n") + 2
+        if end == 1:
             return None
-        whole = data[: end + 2]
-        events = whole.count(b"\n\n")
-        if whole.count(b"\n") != 2 * events or whole.count(b"data: ") != events:
+        whole = data if end == len(data) else data[:end]
+        if b"\r" in whole or b'"error"' in whole or b'": ' in whole:
+            return None  # CR line ends, an error, or JSON with spaces (usage unread): each event
+        events = whole.count(b"data: ")
+        if whole.count(b"\n") != 2 * events:
             return None  # a field or comment line, an event of several lines, or a payload
             # holding the text `data: `: each event is read on its own instead
         done = whole.find(b"data: [DONE]")
         if done != -1 and done + 14 != len(whole):
             return None  # something after [DONE]
-        if _maybe_usage(whole):
-            starts = [m.start() for m in _USAGE.finditer(whole)]
-            if not starts:
-                return None
-            at = starts[-1]  # the last event with a usage object
+        at = whole.rfind(b'"usage":{')
+        if at != -1:  # the last event with a usage object (or x_groq's)
             start = whole.rfind(b"data: ", 0, at) + 6
-            stop = whole.find(b"\n", at)
             try:
-                obj = orjson.loads(whole[start:stop])
+                obj = orjson.loads(whole[start : whole.find(b"\n", at)])
             except orjson.JSONDecodeError:
                 return None
             if isinstance(obj, dict):
                 self._note_usage(obj)
-        self.content_events += _texts(whole)
         self.finished = done != -1
+        self.content_events += events - self.finished
         self._started = True
-        self._sse.keep(data[end + 2 :])
+        self._sse.keep(data[end:])
         return whole
 
     def _event(self, block: bytes) -> bytes:
