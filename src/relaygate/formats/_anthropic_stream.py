@@ -210,6 +210,7 @@ class AnthropicStream(DoorStream):
         self._tool_blocks: dict[int, int] = {}  # tool call index -> block index
         self._finish: Any = None
         self._usage: Any = None
+        self._text_prefix: bytes | None = None  # the open text block's delta event, up to text
 
     def feed(self, chunk: Mapping[str, Any]) -> bytes:
         out = self._start(chunk.get("model"))
@@ -326,6 +327,9 @@ class AnthropicStream(DoorStream):
             return b""
         out = self._close()
         self._open = key
+        if key == ("text", -1):
+            index = str(self._blocks).encode()
+            self._text_prefix = _TEXT_DELTA[0] + index + _TEXT_DELTA[1]
         start = {"type": "content_block_start", "index": self._blocks, "content_block": block}
         self._blocks += 1
         return out + event("content_block_start", start)
@@ -340,6 +344,7 @@ class AnthropicStream(DoorStream):
         if self._open is None:
             return b""
         self._open = None
+        self._text_prefix = None
         return event(
             "content_block_stop", {"type": "content_block_stop", "index": self._blocks - 1}
         )

@@ -240,6 +240,7 @@ async def door_stream(chunks: AsyncGenerator[bytes, None], out: DoorStream) -> A
     as `data:` lines ending in a blank line, LF only."""
     rest = b""
     done = False
+    literal, head, skip = out.text_literal, _TEXT_HEAD, len(_TEXT_HEAD)
     try:
         async for data in chunks:
             blocks = (rest + data if rest else data).split(b"\n\n")
@@ -248,19 +249,20 @@ async def door_stream(chunks: AsyncGenerator[bytes, None], out: DoorStream) -> A
             for block in blocks:
                 if done:
                     break
+                at = block.find(head)  # the common chunk first, in the fewest steps
+                if at != -1:
+                    text = _TEXT_REST.match(block, at + skip)
+                    if text is not None and block.find(b'"usage":{', text.end()) == -1:
+                        fast = literal(text.group(1))
+                        if fast is not None:
+                            parts.append(fast)
+                            continue
                 if block.startswith(b"data: ") and b"\n" not in block:
                     payload: bytes | None = block[6:]
                 else:
                     _, payload = parse_event(block)
                 if payload is None or payload.startswith(b"[DONE]"):
                     continue
-                at = payload.find(_TEXT_HEAD)
-                if at != -1 and b'"usage":{' not in payload:
-                    text = _TEXT_REST.match(payload, at + len(_TEXT_HEAD))
-                    fast = None if text is None else out.text_literal(text.group(1))
-                    if fast is not None:
-                        parts.append(fast)
-                        continue
                 obj = orjson.loads(payload)
                 if len(obj) == 1 and "error" in obj:
                     parts.append(out.fail(obj["error"]))
