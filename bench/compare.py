@@ -29,14 +29,19 @@ def proc_times(pid: int) -> tuple[int, int]:
     return int(fields[11]), int(fields[12])
 
 
+DOORS: dict[str, str] = {}  # a tree's own door (`--tree name=src@messages`)
+
+
 def door_of(target: R.Target, door: str) -> str:
     """The minimal relay speaks only chat: it is the yardstick for every door."""
-    return "chat" if target.name == "minimal" else door
+    return "chat" if target.name == "minimal" else DOORS.get(target.name, door)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("--tree", action="append", default=[], help="name=/path/to/src")
+    ap.add_argument(
+        "--tree", action="append", default=[], help="name=/path/to/src (@door: its own door)"
+    )
     ap.add_argument("--redis-tree", action="append", default=[], help="the same, state in Redis")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
@@ -64,6 +69,8 @@ def main() -> None:
         specs += [(spec, True) for spec in args.redis_tree]
         for index, (spec, on_redis) in enumerate(specs):
             name, src = spec.split("=", 1)
+            if "@" in src:
+                src, DOORS[name] = src.rsplit("@", 1)
             home = work / name
             home.mkdir()
             (home / "relaygate.yaml").write_text(config)
