@@ -60,27 +60,31 @@ class FakeAnthropic(FakeUpstream):
         app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
         return app
 
-    async def _count_tokens(self, request: web.Request) -> web.Response:
-        """`{"input_tokens"}` (protocols.md §12.1), counted as a Message's input is."""
+    async def _begin(self, request: web.Request) -> tuple[str | None, Any, web.Response | None]:
+        """The key and body of a request, recorded; the refusal of a missing key or version."""
         key = request.headers.get("x-api-key")
         body = await read_json(request)
         self._record(request, key, body)
         if not key:
-            return _error(401, errors.invalid_key())
+            return key, body, _error(401, errors.invalid_key())
         if request.headers.get("anthropic-version") not in VERSIONS:
-            return _error(400, errors.invalid_request("anthropic-version: header is required"))
+            message = "anthropic-version: header is required"
+            return key, body, _error(400, errors.invalid_request(message))
+        return key, body, None
+
+    async def _count_tokens(self, request: web.Request) -> web.Response:
+        """`{"input_tokens"}` (protocols.md §12.1), counted as a Message's input is."""
+        _, body, refused = await self._begin(request)
+        if refused is not None:
+            return refused
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             return _error(400, errors.invalid_request("messages: Field required"))
         return web.json_response({"input_tokens": _input_tokens(body)})
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
-        key = request.headers.get("x-api-key")
-        body = await read_json(request)
-        self._record(request, key, body)
-        if not key:
-            return _error(401, errors.invalid_key())
-        if request.headers.get("anthropic-version") not in VERSIONS:
-            return _error(400, errors.invalid_request("anthropic-version: header is required"))
+        key, body, refused = await self._begin(request)
+        if refused is not None:
+            return refused
         problem = _check(body)
         if problem:
             return _error(400, errors.invalid_request(problem))

@@ -70,27 +70,30 @@ class FakeOpenAI(Scripted[Reply]):
             }
         )
 
-    async def _responses(self, request: web.Request) -> web.StreamResponse:
-        from tests.fakes import openai_responses
-
+    async def _begin(self, request: web.Request) -> tuple[str | None, Any, web.Response | None]:
+        """The key and body of a request, recorded; the 401 when a key is required and absent."""
         auth = request.headers.get("Authorization", "")
         key = auth[7:] if auth.startswith("Bearer ") else None
         body = await request.json()
         self._record(request, key, body)
-        if self.require_key and not key:
-            return _error(401, errors.invalid_key())
+        refused = _error(401, errors.invalid_key()) if self.require_key and not key else None
+        return key, body, refused
+
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        from tests.fakes import openai_responses
+
+        key, body, refused = await self._begin(request)
+        if refused is not None:
+            return refused
         reply = self._next(key)
         if reply.status != 200:
             return _error(reply.status, reply.error or errors.server_error(), reply.headers)
         return await openai_responses.answer(request, body, reply)
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
-        auth = request.headers.get("Authorization", "")
-        key = auth[7:] if auth.startswith("Bearer ") else None
-        body = await request.json()
-        self._record(request, key, body)
-        if self.require_key and not key:
-            return _error(401, errors.invalid_key())
+        key, body, refused = await self._begin(request)
+        if refused is not None:
+            return refused
         reply = self._next(key)
         if reply.hang:
             await asyncio.sleep(3600)

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from relaygate.formats.base import DoorStream
+from relaygate.formats.base import DoorStream, reasoning_of
 
 _STATUS_TYPES = {
     400: "invalid_request_error",
@@ -88,16 +88,6 @@ def error_type(kind: Any) -> str:
     if not isinstance(kind, str):
         return "api_error"
     return kind if kind in _ERROR_TYPES else _ERROR_ALIASES.get(kind, "api_error")
-
-
-def reasoning_of(message: Mapping[str, Any]) -> str:
-    """The reasoning text of a message or a delta (`reasoning_content`, or `reasoning` as some
-    OpenAI-compatible upstreams name it)."""
-    for key in ("reasoning_content", "reasoning"):
-        value = message.get(key)
-        if isinstance(value, str) and value:
-            return value
-    return ""
 
 
 def status_error_type(status: int) -> str:

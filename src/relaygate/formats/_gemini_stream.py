@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from relaygate.formats.base import DoorStream
+from relaygate.formats.base import DoorStream, reasoning_of
 
 _FINISH = {
     "stop": "STOP",
@@ -95,14 +95,6 @@ def usage_metadata(usage: Any) -> dict[str, int] | None:
     return out
 
 
-def _reasoning(message: Mapping[str, Any]) -> str:
-    for key in ("reasoning_content", "reasoning"):
-        value = message.get(key)
-        if isinstance(value, str) and value:
-            return value
-    return ""
-
-
 def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
@@ -135,7 +127,7 @@ def candidate(choice: Mapping[str, Any], position: int) -> dict[str, Any]:
     raw = choice.get("message")
     message: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
     parts: list[dict[str, Any]] = []
-    thought = _reasoning(message)
+    thought = reasoning_of(message)
     if thought:
         parts.append({"text": thought, "thought": True})
     text = _text(message.get("content")) or _text(message.get("refusal"))
@@ -251,7 +243,7 @@ class GeminiStream(DoorStream):
             if isinstance(call, Mapping):
                 self._buffer(index, n, call)
         parts: list[dict[str, Any]] = []
-        thought = _reasoning(delta)
+        thought = reasoning_of(delta)
         if thought:
             parts.append({"text": thought, "thought": True})
         text = _text(delta.get("content"))

@@ -120,3 +120,13 @@ class Door(ABC):
         """`<prefix>_<the request id's hex>`, with `_<n>` for the n-th of several."""
         core = self.request_id.removeprefix("req_")
         return f"{prefix}_{core}" if n is None else f"{prefix}_{core}_{n}"
+
+
+def reasoning_of(message: Mapping[str, Any]) -> str:
+    """The reasoning text of a core chat message or delta (`reasoning_content`, or `reasoning`
+    as some OpenAI-compatible upstreams name it); empty when there is none."""
+    for key in ("reasoning_content", "reasoning"):
+        value = message.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return ""

@@ -7,7 +7,6 @@ have no terminal event, one that gave a finishReason is complete when the body e
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
 
 import orjson
 
@@ -21,14 +20,8 @@ from relaygate.types import NativeBody, UpstreamRequest, Usage
 def build(
     provider: native.Provider, body: NativeBody, model: str, key: str | None
 ) -> UpstreamRequest:
-    headers = {"content-type": "application/json"}
-    if key:
-        headers["x-goog-api-key"] = key
-    headers.update(provider.config.headers)
-    name = quote(model.removeprefix("models/"), safe="-._~")
     action = ":streamGenerateContent?alt=sse" if body.stream else ":generateContent"
-    url = f"{provider.base_url}/models/{name}{action}"
-    return UpstreamRequest("POST", url, headers, orjson.dumps(body.body))
+    return provider.model_request(model, action, key, orjson.dumps(body.body))
 
 
 def count_request(
@@ -36,9 +29,7 @@ def count_request(
 ) -> UpstreamRequest:
     """The target model's :countTokens with the client's count body (SPEC §7a: exact counts
     from Gemini targets)."""
-    request = build(provider, body, model, key)
-    request.url = request.url.rsplit(":", 1)[0] + ":countTokens"
-    return request
+    return provider.model_request(model, ":countTokens", key, orjson.dumps(body.body))
 
 
 def parse_count(body: bytes) -> int | None:

@@ -361,14 +361,19 @@ class Provider(base.Provider):
     def build_request(
         self, body: dict[str, Any], *, model: str, key: str | None, stream: bool
     ) -> UpstreamRequest:
+        action = ":streamGenerateContent?alt=sse" if stream else ":generateContent"
+        return self.model_request(model, action, key, orjson.dumps(build_body(body, stream)))
+
+    def model_request(
+        self, model: str, action: str, key: str | None, payload: bytes
+    ) -> UpstreamRequest:
+        """POST {base}/models/{model}{action} with the key and the configured headers."""
         headers = {"content-type": "application/json"}
         if key:
             headers["x-goog-api-key"] = key
         headers.update(self.config.headers)
         name = quote(model.removeprefix("models/"), safe="-._~")
-        action = ":streamGenerateContent?alt=sse" if stream else ":generateContent"
-        url = f"{self.base_url}/models/{name}{action}"
-        return UpstreamRequest("POST", url, headers, orjson.dumps(build_body(body, stream)))
+        return UpstreamRequest("POST", f"{self.base_url}/models/{name}{action}", headers, payload)
 
     def parse_response(self, body: bytes, *, model: str) -> tuple[bytes, Usage | None]:
         obj = load_json(body)
