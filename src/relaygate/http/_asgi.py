@@ -98,15 +98,18 @@ async def answer_error(
     await send({"type": "http.response.body", "body": body})
 
 
-async def relay_stream(chunks: AsyncIterator[bytes], receive: Receive, send: Send) -> None:
-    """Relay the stream's chunks. A watcher waits for `http.disconnect`; when the client goes
-    away first, this task is cancelled, which cancels the upstream read and lets the relay mark
-    the call client_closed; the cancellation ends here."""
+async def relay_stream(
+    chunks: AsyncIterator[bytes], receive: Receive, send: Send, *, watch: bool = True
+) -> None:
+    """Relay the stream's chunks. When the client goes away first, this task is cancelled,
+    which cancels the upstream read and lets the relay mark the call client_closed: by
+    relaygate's server (http/server.py, `watch` False), or else by a watcher task of this
+    stream's own that waits for `http.disconnect`; the watcher's cancellation ends here."""
     task = asyncio.current_task()
     assert task is not None
     state = {"done": False, "gone": False}
 
-    async def watch() -> None:
+    async def watcher_task() -> None:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
@@ -115,7 +118,7 @@ async def relay_stream(chunks: AsyncIterator[bytes], receive: Receive, send: Sen
             state["gone"] = True
             task.cancel()
 
-    watcher = asyncio.get_running_loop().create_task(watch())
+    watcher = asyncio.get_running_loop().create_task(watcher_task()) if watch else None
     try:
         async for chunk in chunks:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -127,7 +130,8 @@ async def relay_stream(chunks: AsyncIterator[bytes], receive: Receive, send: Sen
         task.uncancel()
     finally:
         state["done"] = True
-        watcher.cancel()
+        if watcher is not None:
+            watcher.cancel()
         aclose = getattr(chunks, "aclose", None)
         if aclose is not None:
             await aclose()

@@ -132,6 +132,9 @@ async def internal_error(scope: Scope, send: Send, exc: Exception, *, started: b
 
 
 GONE = "relaygate.client_gone"  # set in the scope by http/server.py when the client went away
+# set in the scope by http/server.py: it cancels a request whose client leaves before the answer
+# is complete, so a stream needs no watcher of its own (another ASGI server: the stream watches)
+WATCHED = "relaygate.watched"
 
 
 def cancelled_by_us(scope: Scope, gw: Gateway) -> bool:

@@ -33,7 +33,7 @@ from relaygate.http._asgi import (
     read_body,
     relay_stream,
 )
-from relaygate.http._common import cancelled_by_us, internal_error, parse_json
+from relaygate.http._common import WATCHED, cancelled_by_us, internal_error, parse_json
 from relaygate.http.doors import Route
 from relaygate.http.headers import extract_key, limit_headers
 from relaygate.inflight import SHUTTING_DOWN
@@ -106,7 +106,7 @@ class Proxy:
                     chunks = self.gw.relay(result, call, self._native_error(door))
                 else:
                     chunks = self.gw.relay(result, call)
-                await relay_stream(chunks, receive, send)
+                await relay_stream(chunks, receive, send, watch=not scope.get(WATCHED))
             finally:
                 if not result.settled:  # never relayed: the client left before the first byte
                     self.gw.discard(result, call)

@@ -20,7 +20,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 
 from relaygate.errors import InvalidRequest
 from relaygate.gateway import Gateway
-from relaygate.http._common import GONE
+from relaygate.http._common import GONE, WATCHED
 
 HEAD_MAX_BYTES = 64 * 1024
 HEAD_MAX_LINES = 100
@@ -123,11 +123,11 @@ class BoundedProtocol(HttpToolsProtocol):
         if (
             cycle is not None
             and task is not None
-            and not cycle.response_started
+            and not cycle.response_complete
             and not task.done()
         ):
             cycle.scope[GONE] = True  # type: ignore[literal-required]
-            task.cancel()  # nobody will read the answer: stop working on it
+            task.cancel()  # nobody will read the answer (or the rest of a stream): stop
         super().connection_lost(exc)
 
     # --- httptools callbacks ----------------------------------------------------------------
@@ -165,6 +165,7 @@ class BoundedProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        cycle.scope[WATCHED] = True  # type: ignore[literal-required]
         task = self.loop.create_task(cycle.run_asgi(app))
         task.add_done_callback(self.tasks.discard)
         self.tasks.add(task)
