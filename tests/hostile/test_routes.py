@@ -47,6 +47,8 @@ JSON = ("content-type", "application/json")
 # (method, path, who may use it)
 ROUTES: list[tuple[str, str, str]] = [
     ("POST", CHAT, "client"),
+    ("POST", "/chat/completions", "client"),
+    ("GET", "/models", "client"),
     ("POST", "/v1/messages", "client"),
     ("POST", "/v1/messages/count_tokens", "client"),
     ("POST", "/v1/responses", "client"),

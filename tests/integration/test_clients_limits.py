@@ -261,6 +261,8 @@ INVENTORY = {
     ("GET", "/redoc"): "open",
     ("GET", "/openapi.json"): "open",
     ("POST", "/v1/chat/completions"): "client",
+    ("POST", "/chat/completions"): "client",
+    ("GET", "/models"): "client",
     ("POST", "/v1/messages"): "client",
     ("POST", "/v1/messages/count_tokens"): "client",
     ("POST", "/v1/responses"): "client",

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import orjson
 import pytest
 
@@ -148,3 +149,22 @@ def test_leaving_a_stream_in_an_upstream_silence_cancels_the_upstream_read(
         time.sleep(0.05)
     assert rows == [("client_closed", 200)]
     assert time.monotonic() - t0 < 2.9  # before the upstream's second chunk
+
+
+def test_a_root_base_url_works_too(served, fake_openai):
+    """Tools given the gateway's root URL as their base (Continue.dev and others) call
+    /chat/completions and /models: the same door and the same answers."""
+    client = openai.OpenAI(base_url=served.base, api_key=CLIENT_KEY, max_retries=0, timeout=10)
+    try:
+        answer = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}]
+        )
+        assert answer.choices[0].message.content == "Echo: hi"
+        streamed = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+        assert MODEL in [m.id for m in client.models.list()]
+    finally:
+        client.close()
+    assert fake_openai.calls()[-1].path == "/v1/chat/completions"

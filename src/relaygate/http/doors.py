@@ -50,6 +50,7 @@ class Routes:
         self._gemini: Callable[[str], tuple[str, str, str] | None] = _gemini_module().parse_path
         self._fixed: dict[tuple[str, str], Route] = {
             ("POST", "/v1/chat/completions"): Route(chat, "chat"),
+            ("POST", "/chat/completions"): Route(chat, "chat"),  # a root URL given as the base
             ("POST", "/v1/messages"): Route(messages, "chat"),
             ("POST", "/v1/messages/count_tokens"): Route(messages, "count"),
             ("POST", "/v1/responses"): Route(responses, "chat"),
@@ -114,6 +115,7 @@ def openapi_paths() -> dict[str, Any]:
         "/v1/chat/completions": {
             "post": op("OpenAI chat completions", {"model": model, "messages": hello})
         },
+        "/chat/completions": {"post": op("OpenAI chat completions (for a root base URL)")},
         "/v1/messages": {
             "post": op("Anthropic Messages", {"model": model, "max_tokens": 64, "messages": hello})
         },

@@ -1,4 +1,5 @@
-"""GET /v1/models: every routable model and alias, in OpenAI's list format."""
+"""GET /v1/models (and /models, for a tool given the root URL as its base): every routable model
+and alias, in OpenAI's list format."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ router = APIRouter(tags=["client"])
 
 
 @router.get("/v1/models", summary="List routable models and aliases")
+@router.get("/models", summary="List routable models and aliases (for a root base URL)")
 async def list_models(request: Request) -> Response:
     require_client(request)
     gw = gateway(request)
