@@ -40,7 +40,7 @@ from relaygate.inflight import SHUTTING_DOWN
 from relaygate.providers._sse import parse_event
 from relaygate.routing.attempts import Completed, StreamStarted
 from relaygate.routing.native_count import native_count
-from relaygate.types import NativeBody
+from relaygate.types import NativeBody, Target
 
 # the common chunk, answer text alone for choice 0, as OpenAI-compatible upstreams and the
 # native relays write it (compact JSON): found with a plain search, its text's JSON literal
@@ -74,11 +74,11 @@ class Proxy:
             try:
                 if route.op == "not_allowed":
                     raise not_allowed()
-                client = self._authenticate(scope, route)
+                who = self._authenticate(scope, route)
                 if route.op != "chat":
                     await self._other(scope, receive, send, route)
                     return
-                result, call, rendered = await self._open(scope, receive, rid, route, client)
+                result, call, rendered = await self._open(scope, receive, rid, route, who)
             except RelaygateError as exc:
                 started = True
                 await answer_error(send, exc, rid, self.gw.redact, door)
@@ -147,11 +147,15 @@ class Proxy:
 
         return event
 
-    def _authenticate(self, scope: Scope, route: Route) -> ClientInfo:
+    def _authenticate(self, scope: Scope, route: Route) -> tuple[ClientInfo, bytes | None]:
+        """The client, and the declared Content-Length (one pass over the headers)."""
         presented: dict[str, str] = {}
+        length: bytes | None = None
         for raw, value in scope["headers"]:
             if raw in _KEY_HEADERS:
                 presented.setdefault(_KEY_HEADERS[raw], value.decode("latin-1"))  # first wins
+            elif raw == b"content-length" and length is None:
+                length = value
         key = extract_key(presented)
         if key is None and route.google_key:
             key = google_key(scope)
@@ -159,17 +163,28 @@ class Proxy:
         if client is None:
             self.gw.accounting.refused("auth")
             raise Unauthorized()
-        return client
+        return client, length
 
     async def _open(
-        self, scope: Scope, receive: Receive, rid: str, route: Route, client: ClientInfo
+        self,
+        scope: Scope,
+        receive: Receive,
+        rid: str,
+        route: Route,
+        who: tuple[ClientInfo, bytes | None],
     ) -> tuple[Completed | StreamStarted, Call, Door | None]:
         """Read, translate, admit and open the request: the whole answer or the started stream,
         and the door to render it (None: the core's bytes are the answer)."""
-        gw = self.gw
-        raw = await read_body(receive, header(scope, b"content-length"), self.limit)
+        gw, (client, length) = self.gw, who
+        raw = await read_body(receive, length, self.limit)
         body = parse_json(raw)
-        door = route.door(body, request_id=rid, model=route.model, stream=route.stream)
+        cls = route.door
+        if cls.same_as_core:  # the core's own format (the hot path): no door to make
+            call, plan = await gw.begin(
+                body, client=client, route=cls.route, raw_size=len(raw), request_id=rid
+            )
+            return await self._run(body, call, plan, None), call, None
+        door = cls(body, request_id=rid, model=route.model, stream=route.stream)
         try:
             chat = door.chat_body()
         except Untranslatable as exc:
@@ -180,16 +195,21 @@ class Proxy:
         call, plan = await gw.begin(
             chat, client=client, route=door.route, raw_size=len(raw), request_id=rid
         )
-        native = None
-        if not door.same_as_core:  # a target that speaks the door's format gets the body
-            native = NativeBody(door.name, body, door.stream, _native_headers(scope, door))
+        # a target that speaks the door's format gets the body as it came
+        native = NativeBody(door.name, body, door.stream, _native_headers(scope, door))
+        result = await self._run(chat, call, plan, native)
+        return result, call, None if result.native else door
+
+    async def _run(
+        self, chat: dict[str, Any], call: Call, plan: list[Target], native: NativeBody | None
+    ) -> Completed | StreamStarted:
+        """Open the call: a failure carries the call's admission (its rate-limit headers)."""
         try:
-            result = await gw.open_chat(chat, call, plan, native)
+            return await self.gw.open_chat(chat, call, plan, native)
         except RelaygateError as exc:
             if exc.admission is None:
-                exc.admission = call.admission  # its answer shows the client's rate-limit headers
+                exc.admission = call.admission
             raise
-        return result, call, None if door.same_as_core or result.native else door
 
     async def _other(self, scope: Scope, receive: Receive, send: Send, route: Route) -> None:
         """A token count or a model list: answered here. A count is exact when the model's
