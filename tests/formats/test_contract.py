@@ -173,11 +173,11 @@ def test_error_bodies(name: str) -> None:
 
 
 @pytest.mark.parametrize(("name", "path"), cases("stream"))
-async def test_stream_through_the_proxy_path(name: str, path: Path) -> None:
+def test_stream_through_the_proxy_path(name: str, path: Path) -> None:
     """The same chunks as the core sends them (SSE bytes, in one read and event by event), read
-    by the proxy (http/proxy.py: door_stream, the answer-text chunks by their JSON literal):
-    the same events as feeding the parsed chunks."""
-    from relaygate.http.proxy import door_stream
+    by the proxy (http/proxy.py: DoorRelay, the answer-text chunks by their JSON literal): the
+    same events as feeding the parsed chunks."""
+    from relaygate.http.proxy import DoorRelay
 
     case = load(path)
     frames = []
@@ -188,12 +188,8 @@ async def test_stream_through_the_proxy_path(name: str, path: Path) -> None:
     else:
         frames.append(b"data: [DONE]\n\n")
     for reads in ([b"".join(frames)], frames):
-
-        async def core(parts: list[bytes] = reads) -> Any:
-            for part in parts:
-                yield part
-
         door = make(name, case["request"])
         door.chat_body()
-        out = b"".join([part async for part in door_stream(core(), door.streamer())])
+        relay = DoorRelay(door.streamer())
+        out = b"".join(relay.feed(part) for part in reads) + relay.finish()
         assert events(out) == expected(path, "expected_stream")

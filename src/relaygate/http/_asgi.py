@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from typing import Protocol
 from urllib.parse import parse_qs
 
 from starlette.types import Message, Receive, Scope, Send
@@ -98,13 +99,27 @@ async def answer_error(
     await send({"type": "http.response.body", "body": body})
 
 
+class Render(Protocol):
+    """What turns the core's stream into a door's (http/proxy.py:DoorRelay)."""
+
+    def feed(self, data: bytes) -> bytes: ...
+
+    def finish(self) -> bytes: ...
+
+
 async def relay_stream(
-    chunks: AsyncIterator[bytes], receive: Receive, send: Send, *, watch: bool = True
+    chunks: AsyncIterator[bytes],
+    receive: Receive,
+    send: Send,
+    *,
+    watch: bool = True,
+    render: Render | None = None,
 ) -> None:
     """Relay the stream's chunks. When the client goes away first, this task is cancelled,
     which cancels the upstream read and lets the relay mark the call client_closed: by
     relaygate's server (http/server.py, `watch` False), or else by a watcher task of this
-    stream's own that waits for `http.disconnect`; the watcher's cancellation ends here."""
+    stream's own that waits for `http.disconnect`; the watcher's cancellation ends here.
+    `render`: each piece goes out in a door's format (its tail when the core's stream ends)."""
     task = asyncio.current_task()
     assert task is not None
     state = {"done": False, "gone": False}
@@ -120,8 +135,17 @@ async def relay_stream(
 
     watcher = asyncio.get_running_loop().create_task(watcher_task()) if watch else None
     try:
-        async for chunk in chunks:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        if render is None:
+            async for chunk in chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        else:
+            async for piece in chunks:
+                chunk = render.feed(piece)
+                if chunk:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            tail = render.finish()
+            if tail:
+                await send({"type": "http.response.body", "body": tail, "more_body": True})
         state["done"] = True
         await send(_END)
     except asyncio.CancelledError:

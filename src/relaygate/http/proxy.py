@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -100,13 +100,16 @@ class Proxy:
                 head.append((b"content-type", door.stream_content_type))
                 started = True
                 await send({"type": "http.response.start", "status": 200, "headers": head})
+                render = None
                 if rendered is not None:
-                    chunks = door_stream(self.gw.relay(result, call), rendered.streamer())
+                    chunks = self.gw.relay(result, call)
+                    render = DoorRelay(rendered.streamer())
                 elif result.native:
                     chunks = self.gw.relay(result, call, self._native_error(door))
                 else:
                     chunks = self.gw.relay(result, call)
-                await relay_stream(chunks, receive, send, watch=not scope.get(WATCHED))
+                watch = not scope.get(WATCHED)
+                await relay_stream(chunks, receive, send, watch=watch, render=render)
             finally:
                 if not result.settled:  # never relayed: the client left before the first byte
                     self.gw.discard(result, call)
@@ -254,47 +257,59 @@ def door_body(door: Door, core: bytes) -> bytes:
     return door.render(orjson.loads(core))
 
 
-async def door_stream(chunks: AsyncGenerator[bytes, None], out: DoorStream) -> AsyncIterator[bytes]:
-    """The core's SSE bytes -> the door's events: each chunk parsed and fed; the core's error
-    event becomes the door's failure; [DONE] (or the end) its end. The core frames every event
-    as `data:` lines ending in a blank line, LF only."""
-    rest = b""
-    done = False
-    literal, head, skip = out.text_literal, _TEXT_HEAD, len(_TEXT_HEAD)
-    try:
-        async for data in chunks:
-            blocks = (rest + data if rest else data).split(b"\n\n")
-            rest = blocks.pop()
-            parts: list[bytes] = []
-            for block in blocks:
-                if done:
-                    break
-                at = block.find(head)  # the common chunk first, in the fewest steps
-                if at != -1:
-                    text = _TEXT_REST.match(block, at + skip)
-                    if text is not None and block.find(b'"usage":{', text.end()) == -1:
-                        fast = literal(text.group(1))
-                        if fast is not None:
-                            parts.append(fast)
-                            continue
-                if block.startswith(b"data: ") and b"\n" not in block:
-                    payload: bytes | None = block[6:]
-                else:
-                    _, payload = parse_event(block)
-                if payload is None or payload.startswith(b"[DONE]"):
-                    continue
-                obj = orjson.loads(payload)
-                if len(obj) == 1 and "error" in obj:
-                    parts.append(out.fail(obj["error"]))
-                    done = True
-                else:
-                    parts.append(out.feed(obj))
-            if parts:
-                yield b"".join(parts)
-        if not done:
-            yield out.end()
-    finally:
-        await chunks.aclose()
+class DoorRelay:
+    """The core's SSE bytes -> a door's events, called on each piece the core relays (no
+    generator of its own): each chunk fed to the door's stream (a chunk of answer text alone
+    found with one search and one match, its JSON literal handed on as it is); the core's error
+    event becomes the door's failure, [DONE] its end. The core frames every event as `data:`
+    lines ending in a blank line, LF only."""
+
+    __slots__ = ("_done", "_out", "_rest")
+
+    def __init__(self, out: DoorStream) -> None:
+        self._out = out
+        self._rest = b""
+        self._done = False
+
+    def feed(self, data: bytes) -> bytes:
+        blocks = (self._rest + data if self._rest else data).split(b"\n\n")
+        self._rest = blocks.pop()
+        out, literal, parts = self._out, self._out.text_literal, []
+        for block in blocks:
+            if self._done:
+                break
+            at = block.find(_TEXT_HEAD)  # the common chunk first, in the fewest steps
+            if at != -1:
+                text = _TEXT_REST.match(block, at + len(_TEXT_HEAD))
+                if text is not None and block.find(b'"usage":{', text.end()) == -1:
+                    fast = literal(text.group(1))
+                    if fast is not None:
+                        parts.append(fast)
+                        continue
+            if block.startswith(b"data: ") and b"\n" not in block:
+                payload: bytes | None = block[6:]
+            else:
+                _, payload = parse_event(block)
+            if payload is None:
+                continue
+            if payload.startswith(b"[DONE]"):
+                parts.append(out.end())
+                self._done = True
+                continue
+            obj = orjson.loads(payload)
+            if len(obj) == 1 and "error" in obj:
+                parts.append(out.fail(obj["error"]))
+                self._done = True
+            else:
+                parts.append(out.feed(obj))
+        return b"".join(parts)
+
+    def finish(self) -> bytes:
+        """The stream's end when the core's ended without [DONE] or an error event."""
+        if self._done:
+            return b""
+        self._done = True
+        return self._out.end()
 
 
 def answer_headers(result: Completed | StreamStarted, call: Call) -> dict[str, str]:
