@@ -117,16 +117,23 @@ class Server:
         )
         out.close()
 
-    def wait_ready(self, timeout: float = 60.0) -> float:
-        """Seconds from the start to the first 200 on the health path."""
+    def ready(self) -> bool:
+        """Whether it answers: a 200 on the health path (a Redis server: a PONG)."""
+        return http_status(self.port, self.health, timeout=0.5) == 200
+
+    ready_timeout_s = 60.0
+
+    def wait_ready(self, timeout: float | None = None) -> float:
+        """Seconds from the start to the first time it is `ready` (within `ready_timeout_s`)."""
         assert self.proc is not None
+        timeout = self.ready_timeout_s if timeout is None else timeout
         deadline = self.started_at + timeout
         while time.perf_counter() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(
                     f"{self.name} exited with {self.proc.returncode}; see {self.log}"
                 )
-            if http_status(self.port, self.health, timeout=0.5) == 200:
+            if self.ready():
                 self.startup_s = time.perf_counter() - self.started_at
                 return self.startup_s
             time.sleep(0.005)
@@ -186,19 +193,10 @@ class RedisServer(Server):
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def wait_ready(self, timeout: float = 30.0) -> float:
-        assert self.proc is not None
-        deadline = self.started_at + timeout
-        while time.perf_counter() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"{self.name} exited with {self.proc.returncode}; see {self.log}"
-                )
-            if redis_ping(self.port):
-                self.startup_s = time.perf_counter() - self.started_at
-                return self.startup_s
-            time.sleep(0.005)
-        raise RuntimeError(f"{self.name} not ready after {timeout:.0f} s; see {self.log}")
+    ready_timeout_s = 30.0
+
+    def ready(self) -> bool:
+        return redis_ping(self.port)
 
 
 class RssSampler:

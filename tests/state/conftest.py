@@ -243,3 +243,16 @@ async def admissions_pair(request: pytest.FixtureRequest) -> AsyncIterator[tuple
 
 async def bounded(awaitable: Awaitable[Any]) -> Any:
     return await asyncio.wait_for(awaitable, CALL_S)
+
+
+def req(
+    client: str = "c1",
+    *,
+    rpm: int | None = None,
+    tpm: int | None = None,
+    tokens: int = 0,
+    budget: float | None = None,
+    cost: float = 0.0,
+) -> AdmitRequest:
+    """An admission request with only the fields a test names."""
+    return AdmitRequest(client, rpm, tpm, tokens, budget, cost)

@@ -14,19 +14,7 @@ import pytest
 
 from relaygate.state.memory_admissions import MemoryAdmissions, utc_month
 from relaygate.state.records import AdmitRequest
-from tests.state.conftest import Bounded
-
-
-def req(
-    client: str = "c1",
-    *,
-    rpm: int | None = None,
-    tpm: int | None = None,
-    tokens: int = 0,
-    budget: float | None = None,
-    cost: float = 0.0,
-) -> AdmitRequest:
-    return AdmitRequest(client, rpm, tpm, tokens, budget, cost)
+from tests.state.conftest import Bounded, req
 
 
 async def test_no_limits_admits_and_takes_nothing(admissions: Bounded) -> None:

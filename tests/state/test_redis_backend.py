@@ -32,23 +32,11 @@ import redis.asyncio as aioredis
 
 from relaygate.state import redis_admissions
 from relaygate.state.memory_admissions import MemoryAdmissions, utc_month
-from relaygate.state.records import AdmitRequest, KeyEvent, KeyRecord, Rules, StateUnavailable
+from relaygate.state.records import KeyEvent, KeyRecord, Rules, StateUnavailable
 from relaygate.state.redis_db import RedisState, open_redis
-from tests.state.conftest import REDIS_URL, _delete_prefix, require
+from tests.state.conftest import REDIS_URL, _delete_prefix, req, require
 
 CANARY = "s3cret-canary"
-
-
-def req(
-    client: str = "c1",
-    *,
-    rpm: int | None = None,
-    tpm: int | None = None,
-    tokens: int = 0,
-    budget: float | None = None,
-    cost: float = 0.0,
-) -> AdmitRequest:
-    return AdmitRequest(client, rpm, tpm, tokens, budget, cost)
 
 
 @pytest.fixture

@@ -13,14 +13,12 @@ events; the core's chunks always carry usage last."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import orjson
 
 from relaygate.errors import InvalidRequest, RelaygateError
-
-Redact = Callable[[str], str]
 
 
 class Untranslatable(InvalidRequest):

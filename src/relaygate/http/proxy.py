@@ -28,7 +28,6 @@ from relaygate.http._asgi import (
     answer_error,
     encoded,
     google_key,
-    header,
     not_allowed,
     read_body,
     relay_stream,
@@ -76,7 +75,7 @@ class Proxy:
                     raise not_allowed()
                 who = self._authenticate(scope, route)
                 if route.op != "chat":
-                    await self._other(scope, receive, send, route)
+                    await self._other(scope, receive, send, route, who[1])
                     return
                 result, call, rendered = await self._open(scope, receive, rid, route, who)
             except RelaygateError as exc:
@@ -214,7 +213,9 @@ class Proxy:
                 exc.admission = call.admission
             raise
 
-    async def _other(self, scope: Scope, receive: Receive, send: Send, route: Route) -> None:
+    async def _other(
+        self, scope: Scope, receive: Receive, send: Send, route: Route, length: bytes | None
+    ) -> None:
         """A token count or a model list: answered here. A count is exact when the model's
         first target counts in the door's own format (routing/native_count.py), else estimated
         as admission estimates a prompt."""
@@ -223,7 +224,7 @@ class Proxy:
         if route.op == "models":
             body = gemini_native.models_body(self.gw.models())
         else:
-            raw = await read_body(receive, header(scope, b"content-length"), self.limit)
+            raw = await read_body(receive, length, self.limit)
             request = parse_json(raw)
             if route.google_key:
                 chat = gemini_native.count_tokens_chat(request, route.model or "")

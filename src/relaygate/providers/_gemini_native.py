@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from relaygate.providers import gemini as native
+from relaygate.providers._gemini_errors import inband_failure
 from relaygate.providers._native import load_json
 from relaygate.providers._passthrough import PassthroughRelay, Reader
 from relaygate.providers.base import InBandFailure
@@ -41,7 +42,7 @@ def parse_count(body: bytes) -> int | None:
 def parse(body: bytes) -> Usage | None:
     obj = load_json(body)
     if "error" in obj:
-        raise InBandFailure(native.inband_failure(obj))
+        raise InBandFailure(inband_failure(obj))
     meta = obj.get("usageMetadata")
     return native.usage_of(meta)[1] if isinstance(meta, dict) else None
 
@@ -53,7 +54,7 @@ class GenerateReader(Reader):
 
     def on_event(self, name: bytes | None, obj: dict[str, Any]) -> None:
         if "error" in obj:
-            self.error = native.inband_failure(obj)
+            self.error = inband_failure(obj)
             return
         meta = obj.get("usageMetadata")
         if isinstance(meta, dict):
