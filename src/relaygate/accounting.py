@@ -49,6 +49,8 @@ class Call:
     admission: Admission | None = None
     ttft_ms: int | None = None
     done: bool = False
+    cache: str = "bypass"  # the response cache's word on it: hit, miss or bypass (SPEC §7b)
+    cost_usd: float = 0.0  # what it cost, once settled
 
 
 @dataclass(slots=True)
@@ -94,9 +96,17 @@ class Accounting:
     def refused(self, reason: str) -> None:
         self.metrics.refusals.labels(reason).inc()
 
-    async def admit(self, call: Call, body: Mapping[str, Any], plan: list[Target]) -> None:
+    async def admit(
+        self,
+        call: Call,
+        body: Mapping[str, Any],
+        plan: list[Target],
+        *,
+        cached_tokens: int | None = None,
+    ) -> None:
         """Allowed models, then the client's rate windows and budget in one call to the state
-        seam; a refusal raises (429 / 403) and takes nothing."""
+        seam; a refusal raises (429 / 403) and takes nothing. `cached_tokens`: the request is a
+        cache hit of that many tokens, counted in the rate windows, reserving no budget."""
         client = call.client
         if client is None:
             return
@@ -105,17 +115,21 @@ class Accounting:
             raise ModelNotAllowed(
                 f"This key may not use the model '{body.get('model')}'.", param="model"
             )
-        budget = client.monthly_budget_usd
+        budget = client.monthly_budget_usd if cached_tokens is None else None
         if client.rpm is None and client.tpm is None and budget is None:
             return
-        out_tokens = output_tokens(body, self.config.limits.default_max_output_tokens)
         worst = 0.0
-        if budget is not None:
-            worst = max(self.rates(t).worst_case(call.prompt_estimate, out_tokens) for t in plan)
+        if cached_tokens is not None:
+            tokens = cached_tokens
+        else:
+            out_tokens = output_tokens(body, self.config.limits.default_max_output_tokens)
+            tokens = call.prompt_estimate + out_tokens
+            if budget is not None:
+                worst = max(
+                    self.rates(t).worst_case(call.prompt_estimate, out_tokens) for t in plan
+                )
         admission = await self.admissions.admit(
-            AdmitRequest(
-                client.id, client.rpm, client.tpm, call.prompt_estimate + out_tokens, budget, worst
-            )
+            AdmitRequest(client.id, client.rpm, client.tpm, tokens, budget, worst)
         )
         call.admission = admission
         if admission.allowed:
@@ -153,14 +167,16 @@ class Accounting:
         error_code: str | None = None,
         usage: Usage | None = None,
         attempts: int = 0,
-        cache: str = "bypass",
     ) -> None:
+        """Settle the call and write its ledger row; a cache hit costs nothing."""
         if call.done:
             return
         call.done = True
         latency = time.perf_counter() - call.t0
         usage = usage or Usage()
-        cost = self.rates(target).cost(usage) if target is not None else 0.0
+        cost = 0.0
+        if target is not None and call.cache != "hit":
+            cost = call.cost_usd = self.rates(target).cost(usage)
         if call.admission is not None and call.admission.allowed:
             self.admissions.settle(call.admission, usage.total_tokens, cost)
         provider = target.provider if target else ""
@@ -183,7 +199,7 @@ class Accounting:
                 completion_tokens=usage.completion_tokens,
                 cached_tokens=usage.cached_tokens,
                 cost_usd=cost,
-                cache=cache,
+                cache=call.cache,
                 stream=call.stream,
                 attempts=attempts,
                 estimated=usage.estimated,

@@ -16,6 +16,7 @@ from relaygate import chat_fields
 from relaygate._logging import Redactor
 from relaygate.accounting import Accounting, Call, new_request_id
 from relaygate.auth.clients import ClientInfo, ClientRegistry
+from relaygate.cache.service import CacheService
 from relaygate.config.load import load_config
 from relaygate.config.model import Config, ProviderConfig
 from relaygate.errors import (
@@ -113,6 +114,12 @@ class Gateway:
         self._upstream: UpstreamClient | None = None
         self._upstream_loop: asyncio.AbstractEventLoop | None = None
         self.inflight = Inflight()  # the requests a shutdown waits for, then ends
+        self.cache: CacheService | None = None  # the response cache, when enabled (SPEC §7b)
+        if self.config.cache.enabled:
+            c = self.config.cache
+            self.cache = CacheService(
+                self.state.cache, ttl_s=c.ttl_s, shared=c.shared, coalesce=c.coalesce
+            )
         self.life = Lifecycle(self)
 
     @property
@@ -155,6 +162,8 @@ class Gateway:
         await self.keysync.flush()
 
     async def aclose(self) -> None:
+        if self.cache is not None:
+            await self.cache.aclose()
         await self.life.stop()
         if self._session is not None:
             await self._session.close()
@@ -179,8 +188,10 @@ class Gateway:
         route: str,
         raw_size: int | None = None,
         request_id: str | None = None,
+        cached_tokens: int | None = None,
     ) -> tuple[Call, list[Target]]:
-        """Validate, route and admit one request (allowed models, rate limits, budget)."""
+        """Validate, route and admit one request (allowed models, rate limits, budget).
+        `cached_tokens`: a response cache hit of that many tokens (no budget reserved)."""
         if not self.life.started:
             await self.life.start()
         try:
@@ -198,7 +209,7 @@ class Gateway:
         size = raw_size if raw_size is not None else len(orjson.dumps(messages))
         prompt = int(size / self.config.limits.prompt_bytes_per_token) + 1
         call = Call(request_id or new_request_id(), route, client, bool(body.get("stream")), prompt)
-        await self.accounting.admit(call, body, plan)
+        await self.accounting.admit(call, body, plan, cached_tokens=cached_tokens)
         return call, plan
 
     async def open_chat(

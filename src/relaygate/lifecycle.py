@@ -34,6 +34,7 @@ def state_settings(config: Config, persist: bool = True) -> StateSettings:
         database_url=config.database_url if persist else "memory://",
         redis_url=config.redis_url,
         cache_max_entries=config.cache.max_entries,
+        cache_max_bytes=config.cache.max_bytes,
     )
 
 

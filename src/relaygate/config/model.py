@@ -109,9 +109,15 @@ class AuthConfig(_Model):
 
 
 class CacheConfig(_Model):
+    """The response cache (SPEC §7b): exact match per client (all clients when `shared`);
+    `coalesce` makes identical concurrent misses one upstream call."""
+
     enabled: bool = False
     ttl_s: float = Field(default=900.0, gt=0)
     max_entries: int = Field(default=10000, ge=1)
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)  # the memory backend's bound
+    shared: bool = False
+    coalesce: bool = False
 
 
 class PriceConfig(_Model):

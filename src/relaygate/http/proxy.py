@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.types import Receive, Scope, Send
@@ -25,6 +25,7 @@ from relaygate.gateway import Gateway
 from relaygate.http._asgi import (
     JSON,
     ClientGone,
+    Render,
     answer_error,
     encoded,
     google_key,
@@ -41,6 +42,9 @@ from relaygate.routing.attempts import Completed, StreamStarted
 from relaygate.routing.native_count import native_count
 from relaygate.types import NativeBody, Target
 
+if TYPE_CHECKING:
+    from relaygate.http.cached import CachedPath
+
 # the common chunk, answer text alone for choice 0, as OpenAI-compatible upstreams and the
 # native relays write it (compact JSON): found with a plain search, its text's JSON literal
 # handed to the door as it is (DoorStream.text_literal), no parse, no dump
@@ -56,11 +60,16 @@ class Proxy:
     """Serves the proxied routes for the app (see http/app.py:RelaygateApp). Unhandled errors
     end as a 500 in the SPEC's shape, logged by type only, as ErrorBoundary does."""
 
-    __slots__ = ("gw", "limit")
+    __slots__ = ("cache", "gw", "limit")
 
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
         self.limit = gateway.config.server.max_body_bytes
+        self.cache: CachedPath | None = None  # the response cache's path (http/cached.py)
+        if gateway.cache is not None:
+            from relaygate.http.cached import CachedPath
+
+            self.cache = CachedPath(self, gateway.cache)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, route: Route) -> None:
         started = False
@@ -77,7 +86,14 @@ class Proxy:
                 if route.op != "chat":
                     await self._other(scope, receive, send, route, who[1])
                     return
-                result, call, rendered = await self._open(scope, receive, rid, route, who)
+                capture = None
+                if self.cache is None:
+                    result, call, rendered = await self._open(scope, receive, rid, route, who)
+                else:
+                    opened = await self.cache.open(scope, receive, send, rid, route, who)
+                    if opened is None:  # a hit, answered
+                        return
+                    result, call, rendered, capture = opened
             except RelaygateError as exc:
                 started = True
                 await answer_error(send, exc, rid, self.gw.redact, door)
@@ -85,6 +101,8 @@ class Proxy:
             except ClientGone:
                 return
             if isinstance(result, Completed):
+                if capture is not None:
+                    capture.completed(result, call)
                 body = result.body if rendered is None else door_body(rendered, result.body)
                 head = encoded(answer_headers(result, call))
                 head.append((b"content-length", str(len(body)).encode("latin-1")))
@@ -92,6 +110,8 @@ class Proxy:
                 started = True
                 await send({"type": "http.response.start", "status": 200, "headers": head})
                 await send({"type": "http.response.body", "body": body})
+                if capture is not None:
+                    await capture.store()
                 return
             try:
                 head = encoded(answer_headers(result, call))
@@ -99,7 +119,7 @@ class Proxy:
                 head.append((b"content-type", door.stream_content_type))
                 started = True
                 await send({"type": "http.response.start", "status": 200, "headers": head})
-                render = None
+                render: Render | None = None
                 if rendered is not None:
                     chunks = self.gw.relay(result, call)
                     render = DoorRelay(rendered.streamer())
@@ -107,11 +127,17 @@ class Proxy:
                     chunks = self.gw.relay(result, call, self._native_error(door))
                 else:
                     chunks = self.gw.relay(result, call)
+                if capture is not None:
+                    render = capture.tap(render, result)
                 watch = not scope.get(WATCHED)
                 await relay_stream(chunks, receive, send, watch=watch, render=render)
             finally:
                 if not result.settled:  # never relayed: the client left before the first byte
                     self.gw.discard(result, call)
+                if capture is not None:
+                    capture.streamed(result, call)
+            if capture is not None:
+                await capture.store()
         except asyncio.CancelledError:
             if not cancelled_by_us(scope, self.gw):
                 raise
@@ -198,7 +224,7 @@ class Proxy:
             chat, client=client, route=door.route, raw_size=len(raw), request_id=rid
         )
         # a target that speaks the door's format gets the body as it came
-        native = NativeBody(door.name, body, door.stream, _native_headers(scope, door))
+        native = NativeBody(door.name, body, door.stream, native_headers(scope, door))
         result = await self._run(chat, call, plan, native)
         return result, call, None if result.native else door
 
@@ -250,7 +276,7 @@ class Proxy:
             plan = self.gw.router.resolve(model if isinstance(model, str) else None)
         except RelaygateError:
             return None
-        native = NativeBody(door.name, request, False, _native_headers(scope, door))
+        native = NativeBody(door.name, request, False, native_headers(scope, door))
         return await native_count(self.gw.attempts, plan, native)
 
 
@@ -324,11 +350,11 @@ def answer_headers(result: Completed | StreamStarted, call: Call) -> dict[str, s
         if isinstance(result, Completed)
         else result.lease.key_id,
         "x-relaygate-attempts": str(result.attempts),
-        "x-relaygate-cache": "bypass",
+        "x-relaygate-cache": call.cache,
     }
 
 
-def _native_headers(scope: Scope, door: Door | type[Door]) -> dict[str, str]:
+def native_headers(scope: Scope, door: Door | type[Door]) -> dict[str, str]:
     """The client's headers a same-format upstream gets with the body (the door names them)."""
     wanted = door.native_headers
     if not wanted:

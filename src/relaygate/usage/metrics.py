@@ -1,5 +1,6 @@
 """Prometheus metrics (prometheus-client), in a registry of the gateway's own: requests, latency,
-tokens, cost, upstream attempts by outcome, key states, ledger depth and drops. No label ever
+tokens, cost, upstream attempts by outcome, key states, ledger depth and drops, response cache
+results and the money its hits saved. No label ever
 carries a key or a client's identity."""
 
 from __future__ import annotations
@@ -91,6 +92,17 @@ class Metrics:
         )
         self.ledger_drops = Counter(
             "relaygate_ledger_dropped_rows", "Ledger rows dropped past the buffer bound", registry=r
+        )
+        self.cache = Counter(
+            "relaygate_cache_requests",
+            "Response cache lookups by result (hit, miss, bypass)",
+            ["route", "result"],
+            registry=r,
+        )
+        self.cache_saved = Counter(
+            "relaygate_cache_saved_usd",
+            "What the cache hits would have cost upstream, in USD",
+            registry=r,
         )
         r.register(_StateCollector(pools, depth))
 
