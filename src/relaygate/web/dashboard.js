@@ -138,6 +138,17 @@ function renderErrors() {
   for (const a of since.attempts) chip(`${a.provider} attempts ${a.outcome}`, a.count, a.outcome !== "ok");
   for (const [reason, n] of Object.entries(since.refusals)) chip(`refused: ${reason}`, n, true);
   if (since.ledger_dropped) chip("ledger rows dropped", since.ledger_dropped, true);
+  const cache = since.cache;
+  if (cache) {
+    chip("cache hits", cache.hits, false);
+    chip("cache misses", cache.misses, false);
+    const ratio = el("span", "chip", "cache hit ratio");
+    ratio.appendChild(el("b", "", cache.hit_ratio === null ? "–" : `${(cache.hit_ratio * 100).toFixed(1)}%`));
+    chips.appendChild(ratio);
+    const saved = el("span", "chip", "saved by the cache");
+    saved.appendChild(el("b", "", `$${Number(cache.saved_usd).toFixed(4)}`));
+    chips.appendChild(saved);
+  }
   if (!chips.childElementCount) chips.appendChild(el("span", "muted small", "Nothing yet."));
 }
 

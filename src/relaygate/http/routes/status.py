@@ -125,6 +125,31 @@ def _since_start(gw: Gateway) -> dict[str, Any]:
         ],
         "ledger_queue": gw.accounting.ledger.depth,
         "ledger_dropped": gw.accounting.ledger.dropped,
+        "cache": _cache_figures(gw),
+    }
+
+
+def _cache_figures(gw: Gateway) -> dict[str, Any] | None:
+    """The response cache since start: lookups by result, hit ratio, money saved (None: off)."""
+    if gw.cache is None:
+        return None
+    metrics = gw.accounting.metrics
+    words = {"hit": 0, "miss": 0, "bypass": 0}
+    for labels, n in _counts(metrics.cache):
+        words[labels["result"]] = words.get(labels["result"], 0) + n
+    looked = words["hit"] + words["miss"]
+    saved = sum(
+        s.value
+        for m in metrics.cache_saved.collect()
+        for s in m.samples
+        if s.name.endswith("_total")
+    )
+    return {
+        "hits": words["hit"],
+        "misses": words["miss"],
+        "bypass": words["bypass"],
+        "hit_ratio": round(words["hit"] / looked, 4) if looked else None,
+        "saved_usd": round(saved, 6),
     }
 
 
