@@ -93,9 +93,10 @@ def test_cache_control_bypasses_without_reading_or_writing(door_upstream):
         answer = httpx.post(url, json=body, headers=served.gw.headers(**{"Cache-Control": value}))
         assert answer.status_code == 200 and answer.headers["x-relaygate-cache"] == "bypass"
     assert calls(served) == 3
-    assert httpx.post(url, json=body, headers=served.gw.headers()).headers[
-        "x-relaygate-cache"
-    ] == "miss"  # nothing was written by the bypassed ones
+    assert (
+        httpx.post(url, json=body, headers=served.gw.headers()).headers["x-relaygate-cache"]
+        == "miss"
+    )  # nothing was written by the bypassed ones
     answer = httpx.post(url, json=body, headers=served.gw.headers(**{"Cache-Control": "no-cache"}))
     assert answer.headers["x-relaygate-cache"] == "bypass"  # nor read
     assert calls(served) == 5
@@ -129,9 +130,7 @@ def test_ignored_fields_share_an_entry_and_others_do_not(door_upstream):
 def test_messages_hit_and_replayed_stream_through_the_sdk(door_upstream):
     served = served_by(door_upstream)
     client = ant(served)
-    first = client.messages.with_raw_response.create(
-        model=served.model, max_tokens=64, messages=HI
-    )
+    first = client.messages.with_raw_response.create(model=served.model, max_tokens=64, messages=HI)
     assert first.headers["x-relaygate-cache"] == "miss"
     hit = client.messages.with_raw_response.create(model=served.model, max_tokens=64, messages=HI)
     assert hit.headers["x-relaygate-cache"] == "hit"

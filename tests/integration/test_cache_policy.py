@@ -29,8 +29,7 @@ def serve(door_upstream: Any, clients: list[dict[str, Any]] | None = None, **cac
         "cache": {"enabled": True, **cache},
         "admin_secret": ADMIN_SECRET,
         "pricing": PRICING,
-        "clients": clients
-        or [{"name": "a", "key": KEY_A}, {"name": "b", "key": KEY_B}],
+        "clients": clients or [{"name": "a", "key": KEY_A}, {"name": "b", "key": KEY_B}],
     }
     served = door_upstream("openai", config)
     served.reply(text="Cached words.", usage=(12, 7))
@@ -159,7 +158,11 @@ def test_an_unfinished_stream_is_not_stored(door_upstream):
     with httpx.stream(
         "POST",
         served.gw.v1 + "/chat/completions",
-        json={"model": served.model, "messages": [{"role": "user", "content": "x"}], "stream": True},
+        json={
+            "model": served.model,
+            "messages": [{"role": "user", "content": "x"}],
+            "stream": True,
+        },
         headers={"Authorization": f"Bearer {KEY_A}"},
         timeout=10,
     ) as answer:
@@ -185,7 +188,9 @@ def test_concurrent_identical_misses(door_upstream, coalesce, upstream_calls):
 
 def test_coalesced_waiters_run_their_own_call_when_the_leader_fails(door_upstream):
     served = serve(door_upstream, coalesce=True)
-    failing = oa.Reply(status=400, error={"error": {"message": "bad", "type": "invalid_request_error"}})
+    failing = oa.Reply(
+        status=400, error={"error": {"message": "bad", "type": "invalid_request_error"}}
+    )
     served.fake.default = failing
     with ThreadPoolExecutor(3) as pool:
         answers = list(pool.map(lambda _: post(served, text="fails"), range(3)))

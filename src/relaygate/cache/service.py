@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from relaygate.cache.entry import Entry
+from relaygate.cache.key import cache_key
 from relaygate.state.protocols import ResponseCache
 from relaygate.state.records import StateUnavailable
 
@@ -47,6 +49,15 @@ class CacheService:
         self._down_until = 0.0
         self._warned = False
         self._leaders: dict[str, asyncio.Future[Entry | None]] = {}
+
+    def key_for(
+        self, *, route: str, body: Mapping[str, Any], client_id: str, model: str | None = None
+    ) -> str:
+        """The key of a request by `client_id` (left out when the cache is shared). Any door
+        whose answer depends only on its JSON body caches with this, `lookup` and `store`
+        (an answer kept as the door's own bytes is an Entry with `native=True`)."""
+        owner = None if self.shared else client_id
+        return cache_key(route=route, body=body, client_id=owner, model=model)
 
     @property
     def available(self) -> bool:

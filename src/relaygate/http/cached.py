@@ -23,7 +23,6 @@ from starlette.types import Receive, Scope, Send
 
 from relaygate.auth.clients import ClientInfo
 from relaygate.cache.entry import Entry, StreamAssembler, replay_chunks
-from relaygate.cache.key import cache_key
 from relaygate.cache.service import CacheService, Unavailable
 from relaygate.errors import InvalidRequest
 from relaygate.formats.base import Door, Untranslatable
@@ -156,8 +155,7 @@ class CachedPath:
         chat = body if door is None else self._chat_body(door)
         key, lead, word = None, False, "bypass"
         if not no_cache(scope):
-            owner = None if cache.shared else client.id
-            key = cache_key(route=cls.route, body=body, client_id=owner, model=route.model)
+            key = cache.key_for(route=cls.route, body=body, client_id=client.id, model=route.model)
             try:
                 entry = await cache.lookup(key)
             except Unavailable:
