@@ -97,6 +97,7 @@ class NativeBody:
     body: dict[str, Any]
     stream: bool
     headers: Mapping[str, str] = field(default_factory=dict)
+    only: bool = False  # no chat translation: a target without a codec for `door` cannot take it
 
 
 @dataclass(slots=True)

@@ -67,6 +67,10 @@ class Door(ABC):
     # where the body gives the most output tokens (a path of keys), for a same-format body
     # the translation refuses: admission still reserves by it
     output_limit_field: ClassVar[tuple[str, ...]] = ()
+    # True: an operation other than chat (embeddings, transcription). The door has no chat
+    # translation: only targets whose provider declares a codec for `name` serve it (the others
+    # are left out of the plan) and the codec builds the upstream request from the door's body
+    native_only: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -120,18 +120,24 @@ class Proxy:
         except Exception as exc:  # noqa: BLE001 (the ASGI boundary: log, answer, no traceback)
             await internal_error(scope, send, exc, started=started)
 
-    def _stand_in(self, door: Door, error: Untranslatable) -> dict[str, Any]:
+    def _stand_in(self, door: Door, error: Untranslatable | None) -> dict[str, Any]:
         """A body the core's format cannot say may still suit targets that speak the door's
         format: when every target of its model does, a stand-in chat body carries what
         admission and routing read (the model, stream, the output limit) and the body itself
-        goes through."""
+        goes through. A native-only door (error None: embeddings, transcription) needs one
+        target of its model that serves the operation."""
         gw = self.gw
         try:
             plan = gw.router.resolve(door.model)
         except RelaygateError:
             plan = []
         speaks = [door.name in gw.providers[t.provider].native_doors for t in plan]
-        if not speaks or not all(speaks):
+        if error is None and plan and not any(speaks):
+            gw.accounting.refused("invalid")
+            raise InvalidRequest(
+                f"The model '{door.model}' has no target that serves {door.route}.", param="model"
+            )
+        if error is not None and (not speaks or not all(speaks)):
             gw.accounting.refused("invalid")
             raise error
         chat: dict[str, Any] = {"messages": [{"role": "user", "content": ""}]}
@@ -188,7 +194,7 @@ class Proxy:
             return await self._run(body, call, plan, None), call, None
         door = cls(body, request_id=rid, model=route.model, stream=route.stream)
         try:
-            chat = door.chat_body()
+            chat = self._stand_in(door, None) if cls.native_only else door.chat_body()
         except Untranslatable as exc:
             chat = self._stand_in(door, exc)
         except InvalidRequest:
@@ -197,8 +203,11 @@ class Proxy:
         call, plan = await gw.begin(
             chat, client=client, route=door.route, raw_size=len(raw), request_id=rid
         )
+        if cls.native_only:  # only the targets that serve the operation
+            plan = [t for t in plan if door.name in gw.providers[t.provider].native_doors]
         # a target that speaks the door's format gets the body as it came
-        native = NativeBody(door.name, body, door.stream, _native_headers(scope, door))
+        headers = _native_headers(scope, door)
+        native = NativeBody(door.name, body, door.stream, headers, only=cls.native_only)
         result = await self._run(chat, call, plan, native)
         return result, call, None if result.native else door
 

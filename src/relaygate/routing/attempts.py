@@ -29,6 +29,7 @@ from relaygate.providers.base import (
     NativeCodec,
     Provider,
     StreamRelay,
+    codec_answer,
     native_codec,
 )
 from relaygate.routing.deadlines import Watchdog
@@ -190,6 +191,8 @@ class AttemptLoop:
         try:
             if codec is not None and native is not None:
                 request = codec.build(provider, native, target.model, lease.secret)
+            elif native is not None and native.only:
+                raise InvalidRequest(f"{target.provider} does not serve this operation.")
             else:
                 request = provider.build_request(
                     body, model=target.model, key=lease.secret, stream=stream
@@ -213,7 +216,7 @@ class AttemptLoop:
                 if not stream:
                     raw = await response.read(MAX_UPSTREAM_BODY)
                     if codec is not None:
-                        out, usage = raw, codec.parse(raw)
+                        out, usage = codec_answer(codec, raw, target.model)
                     else:
                         out, usage = provider.parse_response(raw, model=target.model)
                     lease.succeeded(usage)
