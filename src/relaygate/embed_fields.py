@@ -30,7 +30,9 @@ def check(body: Mapping[str, Any]) -> None:
     check_input(body.get("input"))
     fmt = body.get("encoding_format")
     if fmt is not None and fmt not in FORMATS:
-        raise InvalidRequest("'encoding_format' must be 'float' or 'base64'.", param="encoding_format")
+        raise InvalidRequest(
+            "'encoding_format' must be 'float' or 'base64'.", param="encoding_format"
+        )
     dims = body.get("dimensions")
     if dims is not None and not _positive(dims):
         raise InvalidRequest("'dimensions' must be a positive integer.", param="dimensions")

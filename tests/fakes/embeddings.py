@@ -13,7 +13,6 @@ import hashlib
 import struct
 from typing import Any
 
-
 DIMS = 8  # the fakes' default vector length
 
 

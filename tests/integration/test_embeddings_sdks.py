@@ -159,6 +159,8 @@ def test_the_unprefixed_route_and_an_upstream_that_ignores_base64(embed_setup):
     client = openai.OpenAI(base_url=s.gw.base, api_key=s.gw.key, max_retries=0)  # root URL
     got = client.embeddings.create(model=MODELS["openai"], input=["a", "b"])
     assert [d.embedding for d in got.data] == [vector("a"), vector("b")]
-    raw = s.post("/embeddings", {"model": MODELS["openai"], "input": "a", "encoding_format": "base64"})
+    raw = s.post(
+        "/embeddings", {"model": MODELS["openai"], "input": "a", "encoding_format": "base64"}
+    )
     assert floats(raw.json()["data"][0]["embedding"]) == vector("a")
     assert {c.key for c in s.openai.calls()} <= set(OA_KEYS)

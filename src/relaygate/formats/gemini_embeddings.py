@@ -50,7 +50,9 @@ class GeminiEmbed(Door):
         if self.batch:
             requests = rq.field(body, "requests")
             if not isinstance(requests, list) or not requests:
-                rq.invalid("'requests' must be a non-empty array of EmbedContentRequest.", "requests")
+                rq.invalid(
+                    "'requests' must be a non-empty array of EmbedContentRequest.", "requests"
+                )
             if len(requests) > MAX_INPUTS:
                 rq.invalid(f"'requests' holds at most {MAX_INPUTS} entries.", "requests")
             for i, request in enumerate(requests):

@@ -111,9 +111,7 @@ def decode(value: Any) -> list[float]:
     return value
 
 
-def render(
-    request: EmbedRequest, vectors: list[list[float]], usage: Usage, model: str
-) -> bytes:
+def render(request: EmbedRequest, vectors: list[list[float]], usage: Usage, model: str) -> bytes:
     """The answer in the door's shape."""
     if len(vectors) != len(request.inputs):
         message = f"upstream sent {len(vectors)} embeddings for {len(request.inputs)} inputs"
