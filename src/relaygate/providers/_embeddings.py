@@ -87,7 +87,7 @@ def read(native: NativeBody) -> EmbedRequest:
         items = [body] if requests is None else requests
         texts = [content_text(item) for item in items]
         return EmbedRequest(texts, False, single, dimensionality(items[0]), False, True)
-    given = body.get("input")
+    given: Any = body.get("input")
     single = isinstance(given, str) or (isinstance(given, list) and isinstance(given[0], int))
     inputs = [given] if single else list(given)
     tokens = not isinstance(inputs[0], str)
