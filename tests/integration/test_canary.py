@@ -290,7 +290,8 @@ def drive(seen: Seen) -> str:
 
 def doors(seen: Seen) -> None:
     """Every front door (SPEC §7a), answered and streamed, failing, refused, with the key in
-    each place its SDK sends it (Gemini's `?key=` in the URL included)."""
+    each place its SDK sends it (Gemini's `?key=` in the URL included); embeddings on both
+    doors, answered, failing with the key echoed, refused."""
     hi = [{"role": "user", "content": "hi"}]
     gemini = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
     bearer = {"Authorization": f"Bearer {ENV_CLIENT}"}
@@ -309,6 +310,18 @@ def doors(seen: Seen) -> None:
         seen("POST", base + f":streamGenerateContent?alt=sse&key={ENV_CLIENT}", json=gemini)
         seen("POST", base + f":generateContent?key={WRONG_CLIENT}", json=gemini)
         seen("POST", base + ":countTokens", json=gemini, headers=bearer)
+    for model in (f"up/{MODEL}", f"flaky/{MODEL}", f"picky/{MODEL}", f"rot/{MODEL}"):
+        embed = {"model": model, "input": ["hi", "there"]}
+        for key_headers in (bearer, {"x-api-key": WRONG_CLIENT}):
+            seen("POST", "/v1/embeddings", json=embed, headers=key_headers)
+        seen("POST", "/embeddings", json={**embed, "encoding_format": "base64"}, headers=bearer)
+        base = f"/v1beta/models/{model}"
+        text = {"parts": [{"text": "hi"}]}
+        batch = {"requests": [{"model": f"models/{model}", "content": text}]}
+        seen("POST", base + ":embedContent", json={"content": text},
+             headers={"x-goog-api-key": ENV_CLIENT})  # fmt: skip
+        seen("POST", f"/v1/models/{model}:batchEmbedContents?key={ENV_CLIENT}", json=batch)
+        seen("POST", base + f":batchEmbedContents?key={WRONG_CLIENT}", json=batch)
     seen("GET", "/v1beta/models", headers={"x-goog-api-key": ENV_CLIENT})
     seen("GET", f"/v1/models?key={ENV_CLIENT}")
     seen("POST", "/v1/messages", json={"model": "nowhere/x", "max_tokens": 8, "messages": hi},

@@ -40,7 +40,7 @@ def _gemini_module() -> Any:
 class Routes:
     """The proxied routes; `match(scope)` gives the Route of a request or None (not proxied)."""
 
-    __slots__ = ("_fixed", "_gemini", "_gemini_door", "_models", "_paths")
+    __slots__ = ("_embed", "_fixed", "_gemini", "_gemini_door", "_models", "_paths")
 
     def __init__(self) -> None:
         chat = _door("openai_chat")
@@ -54,7 +54,11 @@ class Routes:
             ("POST", "/v1/messages"): Route(messages, "chat"),
             ("POST", "/v1/messages/count_tokens"): Route(messages, "count"),
             ("POST", "/v1/responses"): Route(responses, "chat"),
+            ("POST", "/v1/embeddings"): Route(_door("openai_embeddings"), "chat"),
+            ("POST", "/embeddings"): Route(_door("openai_embeddings"), "chat"),  # a root base URL
         }
+        embed = importlib.import_module("relaygate.formats.gemini_embeddings")
+        self._embed = {"embedContent": embed.DOOR, "batchEmbedContents": embed.BATCH_DOOR}
         self._models = Route(self._gemini_door, "models", google_key=True)
         self._paths = {path: Route(r.door, "not_allowed") for (_, path), r in self._fixed.items()}
 
@@ -85,6 +89,8 @@ class Routes:
             return Route(self._gemini_door, "chat", model, True, True)
         if action == "countTokens":
             return Route(self._gemini_door, "count", model, None, True)
+        if action in self._embed:
+            return Route(self._embed[action], "chat", model, False, True)
         return None
 
 
@@ -128,5 +134,11 @@ def openapi_paths() -> dict[str, Any]:
             "post": op("Gemini streamGenerateContent (?alt=sse)")
         },
         "/{version}/models/{model}:countTokens": {"post": op("Gemini countTokens")},
+        "/v1/embeddings": {
+            "post": op("OpenAI embeddings", {"model": "text-embedding-3-small", "input": "Hello"})
+        },
+        "/embeddings": {"post": op("OpenAI embeddings (for a root base URL)")},
+        "/{version}/models/{model}:embedContent": {"post": op("Gemini embedContent")},
+        "/{version}/models/{model}:batchEmbedContents": {"post": op("Gemini batchEmbedContents")},
         "/v1beta/models": {"get": op("Gemini model list")},
     }

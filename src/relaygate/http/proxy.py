@@ -194,7 +194,11 @@ class Proxy:
             return await self._run(body, call, plan, None), call, None
         door = cls(body, request_id=rid, model=route.model, stream=route.stream)
         try:
-            chat = self._stand_in(door, None) if cls.native_only else door.chat_body()
+            if cls.native_only:  # the door checks its body; admission runs a stand-in
+                door.chat_body()
+                chat = self._stand_in(door, None)
+            else:
+                chat = door.chat_body()
         except Untranslatable as exc:
             chat = self._stand_in(door, exc)
         except InvalidRequest:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from relaygate.providers._openai_compat import OpenAICompatProvider
+from relaygate.providers._openai_compat import EMBEDDINGS, OpenAICompatProvider
 from relaygate.providers.base import ProviderMeta
 
 if TYPE_CHECKING:
@@ -25,4 +25,5 @@ class Provider(OpenAICompatProvider):
         speaks = config.responses_api
         if speaks is None:
             speaks = self.base_url == META.default_base_url
-        self.native_doors = {"openai_responses": "_responses_native"} if speaks else {}
+        responses = {"openai_responses": "_responses_native"} if speaks else {}
+        self.native_doors = {**EMBEDDINGS, **responses}

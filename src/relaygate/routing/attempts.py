@@ -215,8 +215,8 @@ class AttemptLoop:
                     return provider.classify_error(response.status, response.headers, raw)
                 if not stream:
                     raw = await response.read(MAX_UPSTREAM_BODY)
-                    if codec is not None:
-                        out, usage = codec_answer(codec, raw, target.model)
+                    if codec is not None and native is not None:
+                        out, usage = codec_answer(codec, raw, target.model, native)
                     else:
                         out, usage = provider.parse_response(raw, model=target.model)
                     lease.succeeded(usage)
