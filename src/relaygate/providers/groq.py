@@ -10,3 +10,5 @@ class Provider(OpenAICompatProvider):
     meta = META
     drop_params = frozenset({"logprobs", "logit_bias", "top_logprobs"})
     strip_message_names = True
+    native_doors = {"audio_transcriptions": "_transcribe"}  # Whisper (protocols.md §6)
+    transcription_model = "whisper-large-v3"
