@@ -63,29 +63,38 @@ class FakeWhisper(Scripted[AudioReply]):
         return app
 
     async def _transcribe(self, request: web.Request) -> web.StreamResponse:
-        auth = request.headers.get("Authorization", "")
-        key = auth[7:] if auth.startswith("Bearer ") else None
-        got = await _read(request, key)
-        with self._lock:
-            self.received.append(got)
-        self._record(request, key, {"fields": got.fields})
-        if not key:
-            return _error(401, errors.invalid_key())
-        if got.size > LIMIT:
-            return _error(413, _too_large(got.size, self.flavor))
-        reply = self._next(key)
-        if reply.status != 200:
-            return _error(reply.status, reply.error or errors.server_error(), reply.headers)
-        given = dict(got.fields)
-        fmt = given.get("response_format", "json")
-        model = given.get("model", "")
-        if self.flavor == "groq" and fmt in ("srt", "vtt"):
-            message = f"response_format `{fmt}` is not supported"
-            body = {"error": {"message": message, "type": "invalid_request_error"}}
-            return _error(400, body)
-        seconds = _duration(got.data) if got.data is not None else 1.0
-        headers = {"x-request-id": f"req_{uuid.uuid4().hex}", **reply.headers}
-        return _answer(self.flavor, fmt, model, reply.text, seconds, got.fields, headers)
+        return await serve(self, request, self.flavor)
+
+
+async def serve(fake: Any, request: web.Request, flavor: str) -> web.StreamResponse:
+    """One transcription for `fake` (a Scripted fake whose replies have status, error, headers
+    and text: AudioReply, or openai_upstream.Reply, whose text None is the default sentence)."""
+    auth = request.headers.get("Authorization", "")
+    key = auth[7:] if auth.startswith("Bearer ") else None
+    got = await _read(request, key)
+    fake._record(request, key, {"fields": got.fields})
+    received = getattr(fake, "received", None)
+    if received is not None:
+        with fake._lock:
+            received.append(got)
+    if not key:
+        return _error(401, errors.invalid_key())
+    if got.size > LIMIT:
+        return _error(413, _too_large(got.size, flavor))
+    reply = fake._next(key)
+    if reply.status != 200:
+        return _error(reply.status, reply.error or errors.server_error(), reply.headers)
+    given = dict(got.fields)
+    fmt = given.get("response_format", "json")
+    model = given.get("model", "")
+    if flavor == "groq" and fmt in ("srt", "vtt"):
+        message = f"response_format `{fmt}` is not supported"
+        body = {"error": {"message": message, "type": "invalid_request_error"}}
+        return _error(400, body)
+    seconds = _duration(got.data) if got.data is not None else 1.0
+    headers = {"x-request-id": f"req_{uuid.uuid4().hex}", **reply.headers}
+    text = reply.text or AudioReply.text
+    return _answer(flavor, fmt, model, text, seconds, got.fields, headers)
 
 
 async def _read(request: web.Request, key: str | None) -> Received:
