@@ -36,7 +36,7 @@ class Prompt(Door):
         kind = (content_type or "").split(";", 1)[0].strip().lower()
         if kind == "application/x-www-form-urlencoded":
             try:
-                return dict(parse_qsl(raw.decode("utf-8"), max_num_fields=64))
+                return dict(parse_qsl(raw.decode("utf-8"), max_num_fields=64, errors="strict"))
             except (UnicodeDecodeError, ValueError):
                 raise InvalidRequest("The form body is not valid.") from None
         if kind == "multipart/form-data":
