@@ -132,7 +132,7 @@ def _duration(data: bytes) -> float:
 
 
 def _stamp(seconds: float, sep: str) -> str:
-    ms = int(round(seconds * 1000))
+    ms = round(seconds * 1000)
     return f"{ms // 3600000:02d}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d}{sep}{ms % 1000:03d}"
 
 
@@ -201,7 +201,9 @@ def _too_large(size: int, flavor: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
 
 
-def _error(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
+def _error(
+    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> web.Response:
     return web.json_response(body, status=status, headers=headers or {})
 
 

@@ -44,47 +44,120 @@ BAD_FORMS: list[tuple[str, Any, tuple[str, str], int, str | None, Any]] = [
     ("no-file", form(part("model", MODEL.encode())), FORM, 400, "invalid_request", "file"),
     ("no-model", form(WAV), FORM, 400, "invalid_request", "model"),
     ("empty-model", form(part("model", b""), WAV), FORM, 400, "invalid_request", "model"),
-    ("model-crlf", form(part("model", b"up/gpt\r\n-4o"), WAV), FORM, 400, "invalid_request",
-     "model"),  # fmt: skip
-    ("two-files", form(part("model", MODEL.encode()), WAV, WAV), FORM, 400, "invalid_request",
-     "file"),  # fmt: skip
-    ("file-in-another-field", form(part("model", MODEL.encode()), part("x", b"1", "x.bin")), FORM,
-     400, "invalid_request", "x"),  # fmt: skip
-    ("part-without-name", form(b"--b\r\nContent-Disposition: form-data\r\n\r\nx\r\n", WAV), FORM,
-     400, "invalid_request", None),  # fmt: skip
-    ("100-fields", form(*[part(f"f{i}", b"x") for i in range(100)], WAV), FORM, 400,
-     "invalid_request", None),  # fmt: skip
-    ("70KB-field", form(part("prompt", b"p" * 70_000), WAV), FORM, 400, "invalid_request",
-     "prompt"),  # fmt: skip
-    ("20KB-part-header", b"--b\r\nX-Pad: " + b"h" * 20_000 + b"\r\n" + GOOD[4:], FORM, 400,
-     "invalid_request", None),  # fmt: skip
+    (
+        "model-crlf",
+        form(part("model", b"up/gpt\r\n-4o"), WAV),
+        FORM,
+        400,
+        "invalid_request",
+        "model",
+    ),
+    (
+        "two-files",
+        form(part("model", MODEL.encode()), WAV, WAV),
+        FORM,
+        400,
+        "invalid_request",
+        "file",
+    ),
+    (
+        "file-in-another-field",
+        form(part("model", MODEL.encode()), part("x", b"1", "x.bin")),
+        FORM,
+        400,
+        "invalid_request",
+        "x",
+    ),
+    (
+        "part-without-name",
+        form(b"--b\r\nContent-Disposition: form-data\r\n\r\nx\r\n", WAV),
+        FORM,
+        400,
+        "invalid_request",
+        None,
+    ),
+    (
+        "100-fields",
+        form(*[part(f"f{i}", b"x") for i in range(100)], WAV),
+        FORM,
+        400,
+        "invalid_request",
+        None,
+    ),
+    (
+        "70KB-field",
+        form(part("prompt", b"p" * 70_000), WAV),
+        FORM,
+        400,
+        "invalid_request",
+        "prompt",
+    ),
+    (
+        "20KB-part-header",
+        b"--b\r\nX-Pad: " + b"h" * 20_000 + b"\r\n" + GOOD[4:],
+        FORM,
+        400,
+        "invalid_request",
+        None,
+    ),
     ("field-not-utf8", form(part("model", b"\xff\xfe"), WAV), FORM, 400, "invalid_request", None),
 ]
 OVER = lambda: form(part("model", MODEL.encode()), part("file", b"\0" * (25 * MIB), "big.wav"))  # noqa: E731
 
 CASES = [
-    Case(f"{path}-{id_}", "POST", path, body, headers=(*AUTH.items(), ctype), status=status,
-         code=code, param=param)  # fmt: skip
+    Case(
+        f"{path}-{id_}",
+        "POST",
+        path,
+        body,
+        headers=(*AUTH.items(), ctype),
+        status=status,
+        code=code,
+        param=param,
+    )
     for path in (AUDIO, "/upload")
     for id_, body, ctype, status, code, param in BAD_FORMS
     if path == AUDIO or param not in ("model",)
 ]
 CASES += [
-    Case(f"{AUDIO}-over-25MiB{'-chunked' if chunked else ''}", "POST", AUDIO, OVER,
-         headers=(*AUTH.items(), FORM), status=413, code="request_too_large", chunked=chunked,
-         heavy=True)  # fmt: skip
+    Case(
+        f"{AUDIO}-over-25MiB{'-chunked' if chunked else ''}",
+        "POST",
+        AUDIO,
+        OVER,
+        headers=(*AUTH.items(), FORM),
+        status=413,
+        code="request_too_large",
+        chunked=chunked,
+        heavy=True,
+    )
     for chunked in (False, True)
 ]
 SEED_JSON = {"/chat": "prompt", "/chat/json": "prompt", "/v1/generate": "prompt", "/ask": "input"}
 CASES += [
-    Case(f"{path}-{id_}", "POST", path, raw, headers=(*AUTH.items(), JSON), status=400,
-         code="invalid_request")  # fmt: skip
+    Case(
+        f"{path}-{id_}",
+        "POST",
+        path,
+        raw,
+        headers=(*AUTH.items(), JSON),
+        status=400,
+        code="invalid_request",
+    )
     for path in SEED_JSON
     for id_, raw in BAD_JSON
 ]
 CASES += [
-    Case(f"{path}-{id_}", "POST", path, orjson.dumps(body), headers=(*AUTH.items(), JSON),
-         status=400, code="invalid_request", param=param)  # fmt: skip
+    Case(
+        f"{path}-{id_}",
+        "POST",
+        path,
+        orjson.dumps(body),
+        headers=(*AUTH.items(), JSON),
+        status=400,
+        code="invalid_request",
+        param=param,
+    )
     for path, field in SEED_JSON.items()
     for id_, body, param in [
         ("field-missing", {"text": "hi"}, field),
@@ -96,13 +169,18 @@ CASES += [
     ]
 ]
 CASES += [
-    Case("/chat-form-not-utf8", "POST", "/chat", b"prompt=%ff%fe",
-         headers=(*AUTH.items(), ("content-type", "application/x-www-form-urlencoded")),
-         status=400, code="invalid_request")  # fmt: skip
+    Case(
+        "/chat-form-not-utf8",
+        "POST",
+        "/chat",
+        b"prompt=%ff%fe",
+        headers=(*AUTH.items(), ("content-type", "application/x-www-form-urlencoded")),
+        status=400,
+        code="invalid_request",
+    )
 ]
 NO_KEY = [
-    Case(f"{path}-no-key", "POST", path, GOOD, headers=(FORM,), status=401,
-         code="invalid_api_key")  # fmt: skip
+    Case(f"{path}-no-key", "POST", path, GOOD, headers=(FORM,), status=401, code="invalid_api_key")
     for path in (AUDIO, "/audio/transcriptions", "/upload", *SEED_JSON)
 ]
 
@@ -119,12 +197,32 @@ def test_without_a_key_the_fixed_401(hostile: Hostile, case: Case) -> None:
 
 @pytest.mark.parametrize("path", [AUDIO, "/upload"])
 def test_a_good_form_is_served(hostile: Hostile, path: str) -> None:
-    run_case(hostile, Case(f"{path}-good", "POST", path, GOOD, headers=(*AUTH.items(), FORM),
-                           status=200, upstream_ok=True))  # fmt: skip
+    run_case(
+        hostile,
+        Case(
+            f"{path}-good",
+            "POST",
+            path,
+            GOOD,
+            headers=(*AUTH.items(), FORM),
+            status=200,
+            upstream_ok=True,
+        ),
+    )
 
 
 @pytest.mark.parametrize("path", list(SEED_JSON))
 def test_a_good_seed_body_is_served(hostile: Hostile, path: str) -> None:
     body = orjson.dumps({SEED_JSON[path]: "hi", "model": MODEL})
-    run_case(hostile, Case(f"{path}-good", "POST", path, body, headers=(*AUTH.items(), JSON),
-                           status=200, upstream_ok=True))  # fmt: skip
+    run_case(
+        hostile,
+        Case(
+            f"{path}-good",
+            "POST",
+            path,
+            body,
+            headers=(*AUTH.items(), JSON),
+            status=200,
+            upstream_ok=True,
+        ),
+    )

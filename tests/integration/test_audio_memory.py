@@ -6,6 +6,7 @@ before anything else: this fails then."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sys
 import wave
@@ -71,17 +72,26 @@ def test_a_25_mib_upload_stays_under_60_mb_above_idle(tmp_path: Path) -> None:
     big_wav(big, 25 * MIB - 64 * 1024)
     try:
         with small.open("rb") as f:  # warm up: every module of the path loaded
-            warm = httpx.post(url, headers=headers, data={"model": "whisper-1"},
-                              files={"file": ("small.wav", f, "audio/wav")}, timeout=30)  # fmt: skip
+            warm = httpx.post(
+                url,
+                headers=headers,
+                data={"model": "whisper-1"},
+                files={"file": ("small.wav", f, "audio/wav")},
+                timeout=30,
+            )
         assert warm.status_code == 200, warm.text
         idle_kb = status_kb(proc.pid, "VmRSS")
-        try:  # reset the peak to now (Linux 4.0+), so only the upload's peak counts
+        # reset the peak to now (Linux 4.0+), so only the upload's peak counts
+        with contextlib.suppress(OSError):
             Path(f"/proc/{proc.pid}/clear_refs").write_text("5")
-        except OSError:
-            pass
         with big.open("rb") as f:
-            got = httpx.post(url, headers=headers, data={"model": "whisper-1"},
-                             files={"file": ("big.wav", f, "audio/wav")}, timeout=120)  # fmt: skip
+            got = httpx.post(
+                url,
+                headers=headers,
+                data={"model": "whisper-1"},
+                files={"file": ("big.wav", f, "audio/wav")},
+                timeout=120,
+            )
         assert got.status_code == 200, got.text
         peak_kb = status_kb(proc.pid, "VmHWM")
     finally:

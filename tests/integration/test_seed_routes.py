@@ -38,11 +38,19 @@ def seeds(live_gateway: Any, tmp_path: Path) -> Any:
         gw = live_gateway(
             {
                 "providers": {
-                    "chat": {"type": "openai", "base_url": chat.base_url, "keys": [CHAT_KEY],
-                             "models": ["gpt-4o-mini", "gpt-4.1"]},
-                    "whisper": {"type": "openai", "base_url": audio.base_url, "keys": [AUDIO_KEY],
-                                "models": ["whisper-1"]},
-                },  # fmt: skip
+                    "chat": {
+                        "type": "openai",
+                        "base_url": chat.base_url,
+                        "keys": [CHAT_KEY],
+                        "models": ["gpt-4o-mini", "gpt-4.1"],
+                    },
+                    "whisper": {
+                        "type": "openai",
+                        "base_url": audio.base_url,
+                        "keys": [AUDIO_KEY],
+                        "models": ["whisper-1"],
+                    },
+                },
                 "routing": {"priority": ["chat", "whisper"], **routing},
                 "admin_secret": ADMIN_SECRET,
             }
@@ -96,7 +104,7 @@ def test_the_seed_routes_with_curl(seeds: Any, tmp_path: Path) -> None:
     upload = curl(f"{base}/upload", "-H", auth(), "-F", f"file=@{wav}")
     assert upload["response"] == "The sun rises in the east and sets in the west."
     # no audio_model: the first provider (in priority order) that serves transcription
-    assert upload["model"] == "chat/whisper-1"
+    assert upload["model"] == "whisper-1"
     assert upload["usage"]["audio_seconds"] == 2
     (sent,) = [r for r in gw.chat.calls() if r.path == "/v1/audio/transcriptions"]
     fields = sent.json["fields"]
@@ -138,14 +146,16 @@ def test_seed_model_and_audio_model_are_honoured(seeds: Any, tmp_path: Path) -> 
     got = httpx.post(gw.base + "/chat/json", headers=gw.headers(), json={"prompt": PROMPT})
     check(got.json(), model="gpt-4.1")
     got = httpx.post(
-        gw.base + "/v1/generate", headers=gw.headers(), json={"prompt": PROMPT, "model": "gpt-4o-mini"}
+        gw.base + "/v1/generate",
+        headers=gw.headers(),
+        json={"prompt": PROMPT, "model": "gpt-4o-mini"},
     )
     check(got.json(), model="gpt-4o-mini")  # a model the request names wins
     got = httpx.post(gw.base + "/ask", headers=gw.headers(), json={"input": PROMPT})
     check(got.json(), model="gpt-4.1")
     wav = sine_wav(1.0)
     got = httpx.post(gw.base + "/upload", headers=gw.headers(), files={"file": ("a.wav", wav)})
-    assert got.json()["model"] == "whisper/whisper-1"
+    assert got.json()["model"] == "whisper-1"
     assert [r.key for r in gw.audio.received] == [AUDIO_KEY]
 
 
@@ -182,8 +192,12 @@ def test_seed_calls_are_ledger_rows_with_route_seed(seeds: Any) -> None:
     ("path", "kwargs", "status", "param"),
     [
         ("/chat", {"data": {"question": "hi"}}, 400, "prompt"),
-        ("/chat", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 400,
-         None),  # fmt: skip
+        (
+            "/chat",
+            {"content": b"{not json", "headers": {"content-type": "application/json"}},
+            400,
+            None,
+        ),
         ("/chat/json", {"json": {"prompt": ""}}, 400, "prompt"),
         ("/chat/json", {"json": {"prompt": "hi", "stream": True}}, 400, "stream"),
         ("/v1/generate", {"json": {"prompt": "hi", "model": "nowhere/x"}}, 404, "model"),

@@ -177,5 +177,4 @@ def _seed_answer(result: Completed) -> bytes:
             "total_tokens": usage.total_tokens,
             "audio_seconds": usage.audio_seconds,
         }
-    model = f"{result.target.provider}/{result.target.model}"
-    return seed.answer(text if isinstance(text, str) else "", model, figures)
+    return seed.answer(text if isinstance(text, str) else "", result.target.model, figures)
