@@ -49,6 +49,8 @@ class Call:
     admission: Admission | None = None
     ttft_ms: int | None = None
     done: bool = False
+    # an upload's audio length read from its file header: billed when the answer gives none
+    audio_seconds: float | None = None
 
 
 @dataclass(slots=True)
@@ -160,6 +162,8 @@ class Accounting:
         call.done = True
         latency = time.perf_counter() - call.t0
         usage = usage or Usage()
+        if call.audio_seconds is not None and usage.audio_seconds is None:
+            usage.audio_seconds = call.audio_seconds
         cost = self.rates(target).cost(usage) if target is not None else 0.0
         if call.admission is not None and call.admission.allowed:
             self.admissions.settle(call.admission, usage.total_tokens, cost)

@@ -61,7 +61,13 @@ class FakeOpenAI(Scripted[Reply]):
         app.router.add_post("/v1/responses", self._responses)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/audio/transcriptions", self._audio)
         return app
+
+    async def _audio(self, request: web.Request) -> web.StreamResponse:
+        from tests.fakes import audio_upstream
+
+        return await audio_upstream.serve(self, request, "openai")
 
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response(

@@ -22,6 +22,7 @@ import yaml
 
 from relaygate.auth.clients import hash_key
 from tests.fakes._server import free_port
+from tests.fakes.audio_upstream import sine_wav
 from tests.fakes.openai_upstream import FakeOpenAI, Reply
 from tests.fakes.telegram import FakeTelegram
 from tests.integration._proc import clean_env, stop
@@ -324,6 +325,19 @@ def doors(seen: Seen) -> None:
         seen("POST", base + f":batchEmbedContents?key={WRONG_CLIENT}", json=batch)
     seen("GET", "/v1beta/models", headers={"x-goog-api-key": ENV_CLIENT})
     seen("GET", f"/v1/models?key={ENV_CLIENT}")
+    # audio and the seed routes: answered, failed over, failing, refused
+    wav = {"file": ("a.wav", sine_wav(0.2), "audio/wav")}
+    for key_headers in (bearer, {"x-api-key": WRONG_CLIENT}):
+        for name in ("up", "rot", "flaky", "dead"):
+            seen("POST", "/v1/audio/transcriptions", data={"model": f"{name}/whisper-1"},
+                 files=wav, headers=key_headers)  # fmt: skip
+        seen("POST", "/upload", files=wav, headers=key_headers)
+        seen("POST", "/chat", data={"prompt": "hi"}, headers=key_headers)
+        seen("POST", "/chat/json", json={"prompt": "hi", "model": f"rot/{MODEL}"},
+             headers=key_headers)  # fmt: skip
+        seen("POST", "/v1/generate", json={"prompt": "hi", "model": f"flaky/{MODEL}"},
+             headers=key_headers)  # fmt: skip
+        seen("POST", "/ask", json={"input": "hi", "model": f"dead/{MODEL}"}, headers=key_headers)
     seen("POST", "/v1/messages", json={"model": "nowhere/x", "max_tokens": 8, "messages": hi},
          headers=bearer)  # fmt: skip
     seen("POST", "/v1/responses", json={"model": "up/x", "previous_response_id": "resp_1"},

@@ -74,6 +74,8 @@ class RoutingConfig(_Model):
     default_models: dict[str, str] = Field(default_factory=dict)
     aliases: dict[str, str] = Field(default_factory=dict)
     groups: dict[str, list[str]] = Field(default_factory=dict)
+    seed_model: str | None = None  # the seed routes' model when the request names none
+    audio_model: str | None = None  # /upload's transcription model
 
 
 class RetryConfig(_Model):
@@ -115,9 +117,20 @@ class CacheConfig(_Model):
 
 
 class PriceConfig(_Model):
-    input_per_mtok: float = Field(ge=0)
-    output_per_mtok: float = Field(ge=0)
+    """USD per million tokens, and/or per audio second (`per_second`: transcription); an
+    entry with only `per_second` prices no tokens."""
+
+    input_per_mtok: float = Field(default=0.0, ge=0)
+    output_per_mtok: float = Field(default=0.0, ge=0)
     cached_input_per_mtok: float | None = Field(default=None, ge=0)
+    per_second: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _priced(self) -> PriceConfig:
+        given = self.model_fields_set & {"input_per_mtok", "output_per_mtok", "per_second"}
+        if not given:
+            raise ValueError("give input_per_mtok and output_per_mtok, or per_second")
+        return self
 
 
 class LimitsConfig(_Model):

@@ -35,6 +35,7 @@ from relaygate.http._asgi import (
 from relaygate.http._common import WATCHED, cancelled_by_us, internal_error, parse_json
 from relaygate.http.doors import Route
 from relaygate.http.headers import extract_key, limit_headers
+from relaygate.http.uploads import content_type, serve_upload
 from relaygate.inflight import SHUTTING_DOWN
 from relaygate.providers._sse import parse_event
 from relaygate.routing.attempts import Completed, StreamStarted
@@ -74,6 +75,9 @@ class Proxy:
                 if route.op == "not_allowed":
                     raise not_allowed()
                 who = self._authenticate(scope, route)
+                if route.op == "upload":  # a multipart upload, streamed (http/uploads.py)
+                    await serve_upload(self, scope, receive, send, route, rid, who)
+                    return
                 if route.op != "chat":
                     await self._other(scope, receive, send, route, who[1])
                     return
@@ -185,14 +189,17 @@ class Proxy:
         and the door to render it (None: the core's bytes are the answer)."""
         gw, (client, length) = self.gw, who
         raw = await read_body(receive, length, self.limit)
-        body = parse_json(raw)
         cls = route.door
+        # a door that takes forms (the seed routes) reads its body by its content type
+        body = cls.parse_form(raw, content_type(scope)) if cls.takes_forms else parse_json(raw)
         if cls.same_as_core:  # the core's own format (the hot path): no door to make
             call, plan = await gw.begin(
                 body, client=client, route=cls.route, raw_size=len(raw), request_id=rid
             )
             return await self._run(body, call, plan, None), call, None
         door = cls(body, request_id=rid, model=route.model, stream=route.stream)
+        if cls.seed and not door.model:
+            door.model = gw.config.routing.seed_model
         try:
             if cls.native_only:  # the door checks its body; admission runs a stand-in
                 door.chat_body()

@@ -19,6 +19,7 @@ META = ProviderMeta(
 
 class Provider(OpenAICompatProvider):
     meta = META
+    transcription_model = "whisper-1"  # /upload's model unless routing.audio_model names one
 
     def __init__(self, name: str, config: ProviderConfig) -> None:
         super().__init__(name, config)
@@ -26,4 +27,4 @@ class Provider(OpenAICompatProvider):
         if speaks is None:
             speaks = self.base_url == META.default_base_url
         responses = {"openai_responses": "_responses_native"} if speaks else {}
-        self.native_doors = {**EMBEDDINGS, **responses}
+        self.native_doors = {**EMBEDDINGS, **responses, "audio_transcriptions": "_transcribe"}

@@ -49,6 +49,7 @@ class Completed:
     key_id: str
     attempts: int
     native: bool = False
+    content_type: str | None = None  # a native answer's, as the upstream sent it
 
 
 @dataclass(slots=True)
@@ -220,7 +221,10 @@ class AttemptLoop:
                     else:
                         out, usage = provider.parse_response(raw, model=target.model)
                     lease.succeeded(usage)
-                    return Completed(out, usage, target, lease.key_id, 0, codec is not None)
+                    done = Completed(out, usage, target, lease.key_id, 0, codec is not None)
+                    if codec is not None:
+                        done.content_type = response.headers.get("content-type")
+                    return done
                 started = await self._first_output(
                     provider, lease, target, response, include_usage, codec
                 )
