@@ -40,6 +40,8 @@ class KeyState:
     key_id: str
     provider: str
     secret: str | None = field(default=None, repr=False)
+    bucket: str | None = None  # keys of one quota bucket are exhausted together
+    proxy: str | None = field(default=None, repr=False)  # its own egress proxy (a secret)
     state: State = "ready"
     until: float | None = None
     reason: str | None = None
@@ -62,6 +64,7 @@ class KeyState:
         return {
             "key_id": self.key_id,
             "provider": self.provider,
+            "bucket": self.bucket,
             "state": self.state,
             "until": self.until,
             "retry_in_s": round(max(0.0, self.until - now), 1) if self.until else None,
@@ -116,6 +119,11 @@ class Lease:
     def secret(self) -> str | None:
         return self.key.secret
 
+    @property
+    def proxy(self) -> str | None:
+        """The key's own egress proxy, else None (the provider's or the environment's)."""
+        return self.key.proxy
+
     def succeeded(self, usage: Usage | None) -> None:
         self._pool.on_success(self.key, usage)
 
@@ -144,7 +152,10 @@ class KeyPool:
         self.limits = limits or KeyLimits()
         self.retry = retry or RetryConfig()
         self.clock = clock
-        self.keys = [KeyState(key_id(provider, s.key, s.label), provider, s.key) for s in specs]
+        self.keys = [
+            KeyState(key_id(provider, s.key, s.label), provider, s.key, s.bucket, s.proxy)
+            for s in specs
+        ]
         if not self.keys and not needs_key:
             self.keys = [KeyState(key_id(provider, None), provider, None)]
         self.paused_until = 0.0
@@ -280,11 +291,22 @@ class KeyPool:
             message=failure.message[:120],
         )
         self._apply(key, event)
+        if kind == "quota_exhausted" and key.bucket is not None:
+            self._park_bucket(key)
         if kind == "rate_limited":
             key.last_429_at = self.clock()
             self._check_pool_throttle(
                 key.last_429_at, (key.until or key.last_429_at) - key.last_429_at
             )
+
+    def _park_bucket(self, spent: KeyState) -> None:
+        """The quota of `spent`'s bucket is gone: every other key of it waits as long (SPEC 11a:
+        some providers count a quota per project, not per key)."""
+        message = f"{spent.bucket} (via {spent.key_id})"
+        for key in self.keys:
+            if key is not spent and key.bucket == spent.bucket:
+                event = self._event(key, "bucket_exhausted", reset_at=spent.until, message=message)
+                self._apply(key, event)
 
     def _check_pool_throttle(self, now: float, wait: float) -> None:
         """Every live key 429'd within the window: probably an IP- or org-wide throttle. Pause the
