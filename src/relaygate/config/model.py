@@ -135,6 +135,17 @@ class ProviderConfig(_Model):
     def _proxy_url(cls, value: str | None) -> str | None:
         return check_proxy_url(value)
 
+    @model_validator(mode="after")
+    def _own_transport_limits(self) -> ProviderConfig:
+        tls = self.tls
+        asks = self.proxy or any(k.proxy for k in self.keys) or self.transport.http2
+        if self.transport.kind == "own" and (asks or tls.ca_bundle or tls.client_cert):
+            raise ValueError(
+                "transport.kind: own speaks HTTP/1.1 without proxies or TLS options; "
+                "use kind: library or auto"
+            )
+        return self
+
 
 class RoutingConfig(_Model):
     priority: CsvList = Field(default_factory=list)
