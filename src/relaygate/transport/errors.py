@@ -37,4 +37,3 @@ class HeadersTooLarge(TransportError):
     """The answer's head went past the header count or size bounds."""
 
     code = "upstream_headers_too_large"
-

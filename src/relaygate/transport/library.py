@@ -1,6 +1,7 @@
 """The library transport: aiohttp's ClientSession (a well-kept client) with the bounds SPEC §11a
-asks for. Proxies from the environment (`trust_env`: HTTPS_PROXY, HTTP_PROXY, ALL_PROXY,
-NO_PROXY, lower-case forms too), the provider's `proxy:` or a key's own per request, CONNECT
+asks for. A key's own proxy per request, else the provider's `proxy:`, else the environment's
+(HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY, lower-case forms too: options.env_proxy, since
+aiohttp's `trust_env` skips ALL_PROXY); CONNECT
 tunnels with proxy credentials, SOCKS5 through aiohttp-socks (one connector per SOCKS proxy);
 TLS as the provider configured it; at most `max_connections_per_host` connections per host,
 requests past them wait in aiohttp's queue; idle connections closed after `keepalive_s`; bodies
@@ -24,7 +25,7 @@ from relaygate.transport.errors import (
     ProxyError,
     TransportError,
 )
-from relaygate.transport.options import TransportOptions, warn_unverified
+from relaygate.transport.options import TransportOptions, env_proxy, warn_unverified
 
 log = logging.getLogger("relaygate.transport")
 
@@ -74,7 +75,7 @@ class LibraryTransport:
         line = max(o.max_header_bytes // 8, 1024)  # one line may take an eighth of the head
         return aiohttp.ClientSession(
             connector=connector,
-            trust_env=socks is None,
+            trust_env=False,  # the environment's proxies are read per request: env_proxy
             auto_decompress=False,  # decoded under the cap (_decode.py)
             timeout=aiohttp.ClientTimeout(
                 total=None, connect=o.connect_timeout_s, sock_connect=o.connect_timeout_s
@@ -95,7 +96,7 @@ class LibraryTransport:
         body: Body,
         options: RequestOptions = NO_OPTIONS,
     ) -> LibraryResponse:
-        proxy = options.proxy or self.options.proxy
+        proxy = options.proxy or self.options.proxy or env_proxy(url)
         socks = proxy if proxy and proxy.startswith(_SOCKS) else None
         session = self._session(socks)
         sent = dict(headers)
@@ -192,4 +193,3 @@ def _socks_error(exc: BaseException) -> bool:
             return True
         cause = cause.__cause__ or cause.__context__
     return False
-

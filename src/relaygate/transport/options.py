@@ -68,15 +68,20 @@ def options_for(name: str, provider: ProviderConfig) -> TransportOptions:
     return options
 
 
-def env_proxy_for(url: str) -> bool:
-    """A proxy of the environment (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and their lower-case
-    forms) applies to `url`, NO_PROXY not excluding its host."""
+def env_proxy(url: str) -> str | None:
+    """The environment's proxy for `url`: HTTPS_PROXY or HTTP_PROXY by its scheme, else
+    ALL_PROXY (lower-case forms first, as curl reads them), None when NO_PROXY names its host."""
     parts = urlsplit(url)
     proxies = urllib.request.getproxies_environment()
-    if not (proxies.get(parts.scheme) or proxies.get("all")):
-        return False
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if not proxy:
+        return None
     bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
-    return not bypass(parts.hostname or "", proxies)
+    return None if bypass(parts.hostname or "", proxies) else proxy
+
+
+def env_proxy_for(url: str) -> bool:
+    return env_proxy(url) is not None
 
 
 def needs_library(options: TransportOptions, *, env_proxy: bool, keys_have_proxies: bool) -> bool:
