@@ -1,6 +1,6 @@
 """SPEC §11a quota buckets end to end: a quota-exhausted answer on one key parks every key of its
 bucket (not keys of another bucket, not keys without one), in memory and through Redis, shown
-by /keys/status, /admin/keys and the dashboard's data. Real server, fake upstream scripted per key."""
+by /keys/status, /admin/keys and the dashboard. Real server, fake upstream scripted per key."""
 
 from __future__ import annotations
 

@@ -166,7 +166,7 @@ def _mapped(exc: BaseException) -> BaseException:
         return ProxyError("the SOCKS proxy refused the connection")
     if isinstance(exc, aiohttp.ClientResponseError) and exc.status == 400:  # the parser
         text = str(exc.message).lower()
-        if "header" in text or "line" in text or "too long" in text:
+        if any(word in text for word in ("header", "line", "too long", "got more than")):
             return HeadersTooLarge("the upstream's answer head is past the header bounds")
         return ConnectionError("the upstream sent an answer that is not HTTP")
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
