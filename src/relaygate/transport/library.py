@@ -29,6 +29,14 @@ from relaygate.transport.options import TransportOptions, env_proxy, warn_unveri
 
 log = logging.getLogger("relaygate.transport")
 
+try:  # optional: only socks5:// proxies need it
+    from aiohttp_socks import ProxyConnectionError, ProxyError as SocksError, ProxyTimeoutError
+
+    SOCKS_ERRORS: tuple[type[BaseException], ...] = (SocksError, ProxyConnectionError)
+    SOCKS_TIMEOUTS: tuple[type[BaseException], ...] = (ProxyTimeoutError,)
+except ImportError:  # pragma: no cover
+    SOCKS_ERRORS = SOCKS_TIMEOUTS = ()
+
 MAX_SOCKS_PROXIES = 256  # one connector each; as many as the config names
 _SOCKS = ("socks5://", "socks5h://")
 
@@ -122,6 +130,10 @@ class LibraryTransport:
                     allow_redirects=False,
                     trace_request_ctx=ctx,
                 )
+            except SOCKS_TIMEOUTS:
+                raise ConnectTimeout("no answer from the SOCKS proxy in time") from None
+            except SOCKS_ERRORS:
+                raise ProxyError("the SOCKS proxy refused or failed the connection") from None
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
                 if ctx.reused and resend and not isinstance(exc, aiohttp.ClientConnectorError):
                     resend = False  # a stale keep-alive connection: once more, never the key's
@@ -162,8 +174,6 @@ def _mapped(exc: BaseException) -> BaseException:
         return ConnectTimeout("no connection to the upstream within the connect timeout")
     if isinstance(exc, aiohttp.SocketTimeoutError):
         return TimeoutError("the upstream went silent")
-    if _socks_error(exc):
-        return ProxyError("the SOCKS proxy refused the connection")
     if isinstance(exc, aiohttp.ClientResponseError) and exc.status == 400:  # the parser
         text = str(exc.message).lower()
         if any(word in text for word in ("header", "line", "too long", "got more than")):
@@ -180,16 +190,3 @@ def _mapped(exc: BaseException) -> BaseException:
     if isinstance(exc, TransportError):
         return exc
     return ConnectionError(f"the upstream call failed: {type(exc).__name__}")
-
-
-def _socks_error(exc: BaseException) -> bool:
-    try:
-        from python_socks import ProxyError as SocksError
-    except ImportError:  # pragma: no cover - only with aiohttp-socks installed
-        return False
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, SocksError):
-            return True
-        cause = cause.__cause__ or cause.__context__
-    return False
