@@ -65,7 +65,7 @@ class SocksProxy:
                 writer.write(b"\x01\x00" if good else b"\x01\x01")
                 if not good:
                     return
-            _, cmd, _, atyp = await reader.readexactly(4)
+            _, _, _, atyp = await reader.readexactly(4)
             if atyp == 1:
                 host = socket.inet_ntoa(await reader.readexactly(4))
             elif atyp == 3:

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
+import aiohttp_socks
 
 from relaygate.transport._library_response import LibraryResponse
 from relaygate.transport.base import NO_OPTIONS, Body, RequestOptions
@@ -29,13 +30,7 @@ from relaygate.transport.options import TransportOptions, env_proxy, warn_unveri
 
 log = logging.getLogger("relaygate.transport")
 
-try:  # optional: only socks5:// proxies need it
-    from aiohttp_socks import ProxyConnectionError, ProxyError as SocksError, ProxyTimeoutError
-
-    SOCKS_ERRORS: tuple[type[BaseException], ...] = (SocksError, ProxyConnectionError)
-    SOCKS_TIMEOUTS: tuple[type[BaseException], ...] = (ProxyTimeoutError,)
-except ImportError:  # pragma: no cover
-    SOCKS_ERRORS = SOCKS_TIMEOUTS = ()
+SOCKS_ERRORS = (aiohttp_socks.ProxyError, aiohttp_socks.ProxyConnectionError)
 
 MAX_SOCKS_PROXIES = 256  # one connector each; as many as the config names
 _SOCKS = ("socks5://", "socks5h://")
@@ -77,9 +72,9 @@ class LibraryTransport:
         if socks is None:
             connector = aiohttp.TCPConnector(**pool)
         else:
-            from aiohttp_socks import ProxyConnector  # optional: only for socks5:// proxies
-
-            connector = ProxyConnector.from_url(socks, rdns=socks.startswith("socks5h"), **pool)
+            connector = aiohttp_socks.ProxyConnector.from_url(
+                socks, rdns=socks.startswith("socks5h"), **pool
+            )
         line = max(o.max_header_bytes // 8, 1024)  # one line may take an eighth of the head
         return aiohttp.ClientSession(
             connector=connector,
@@ -130,7 +125,7 @@ class LibraryTransport:
                     allow_redirects=False,
                     trace_request_ctx=ctx,
                 )
-            except SOCKS_TIMEOUTS:
+            except aiohttp_socks.ProxyTimeoutError:
                 raise ConnectTimeout("no answer from the SOCKS proxy in time") from None
             except SOCKS_ERRORS:
                 raise ProxyError("the SOCKS proxy refused or failed the connection") from None
