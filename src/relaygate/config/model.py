@@ -137,12 +137,10 @@ class ProviderConfig(_Model):
 
     @model_validator(mode="after")
     def _own_transport_limits(self) -> ProviderConfig:
-        tls = self.tls
         asks = self.proxy or any(k.proxy for k in self.keys) or self.transport.http2
-        if self.transport.kind == "own" and (asks or tls.ca_bundle or tls.client_cert):
+        if self.transport.kind == "own" and asks:
             raise ValueError(
-                "transport.kind: own speaks HTTP/1.1 without proxies or TLS options; "
-                "use kind: library or auto"
+                "transport.kind: own speaks HTTP/1.1 without proxies; use kind: library or auto"
             )
         return self
 
