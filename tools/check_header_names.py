@@ -1,6 +1,7 @@
-"""HTTP header names live only in http/ (and in providers/ and transport/, which speak to upstreams, and the
-CLI's own HTTP client): fails when a module elsewhere under src/relaygate writes the name of a
-header relaygate reads from clients or adds to its answers. Run by `make lint`."""
+"""HTTP header names live only in http/ (and in providers/ and transport/, which speak to
+upstreams, and the CLI's own HTTP client): fails when a module elsewhere under src/relaygate
+writes the name of a header relaygate reads from clients or adds to its answers. Run by
+`make lint`."""
 
 from __future__ import annotations
 
