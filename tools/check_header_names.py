@@ -31,7 +31,7 @@ def main() -> int:
     for line in found:
         print(f"header name outside http/: {line}")
     if not found:
-        print("header names: ok (only in http/, providers/ and cli/)")
+        print("header names: ok (only in http/, providers/, transport/ and cli/)")
     return 1 if found else 0
 
 
