@@ -18,6 +18,8 @@ from relaygate.keys.key_state import KeyState, key_id
 from relaygate.state.records import EventKind, KeyEvent, KeyRecord, utc_day
 from relaygate.types import Failure, Usage
 
+__all__ = ["KeyPool", "KeyState", "Lease", "key_id"]  # KeyState, key_id: keys/key_state.py
+
 log = logging.getLogger("relaygate.keys")
 
 MAX_EVENTS = 100_000  # queued for the shared store between two syncs (a sync runs every 0.25 s)
