@@ -4,6 +4,8 @@ POST /v1/chat/completions answers in OpenAI's wire format (protocols.md §1.3-1.
 - non-streaming: a small fixed chat.completion with usage;
 - streaming: a role chunk, N content chunks, a finish chunk, the usage chunk when
   stream_options.include_usage is set, then `data: [DONE]`, chunked transfer encoding.
+POST /v1/embeddings answers one 1,536-float embedding per input with usage (protocols.md §14.1),
+as text-embedding-3-small does; `encoding_format: base64` gets the same floats as base64.
 GET /health (and anything else with GET) answers 200 so the bench can wait for readiness.
 
 Delays: --ttfb-ms before the first byte of a streamed answer, --gap-ms between streamed chunks,
@@ -19,9 +21,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
+import math
 import re
 import signal
+import struct
 import time
 from dataclasses import dataclass
 
@@ -158,6 +163,27 @@ _NOT_FOUND = _plain_answer(
     b"404 Not Found",
     b'{"error":{"message":"not found","type":"invalid_request_error","param":null,"code":null}}',
 )
+_DIMS = 1536
+_FLOATS = [round(math.sin(i) / 8, 6) for i in range(_DIMS)]
+_B64 = base64.b64encode(struct.pack(f"<{_DIMS}f", *_FLOATS)).decode()
+
+
+def embeddings_answer(req: dict[str, object]) -> bytes:
+    """The embeddings answer for a request: one vector per input, usage by the input's size."""
+    given = req.get("input")
+    inputs = given if isinstance(given, list) else [given]
+    vector: object = _B64 if req.get("encoding_format") == "base64" else _FLOATS
+    data = [{"object": "embedding", "index": i, "embedding": vector} for i in range(len(inputs))]
+    tokens = max(1, len(orjson.dumps(given)) // 4)
+    body = {
+        "object": "list",
+        "data": data,
+        "model": str(req.get("model") or "mock"),
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+    return _plain_answer(b"200 OK", orjson.dumps(body))
+
+
 _BAD = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
 
@@ -229,6 +255,15 @@ class MockProtocol(asyncio.Protocol):
                 asyncio.get_running_loop().create_task(self.stream(model, usage, keep_alive))
                 return
             t.write(self.answers.plain(model))
+        elif method == b"POST" and url.endswith(b"/embeddings"):
+            try:
+                req = orjson.loads(body)
+                answer = embeddings_answer(req)
+            except (orjson.JSONDecodeError, AttributeError):
+                t.write(_BAD)
+                t.close()
+                return
+            t.write(answer)
         elif method == b"GET":
             t.write(_HEALTH)
         else:

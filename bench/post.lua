@@ -2,16 +2,21 @@
 -- Environment: BENCH_MODEL (model name), BENCH_STREAM ("1" to stream; chat asks include_usage),
 -- BENCH_KEY (client key, sent as Authorization: Bearer; empty for none), BENCH_DOOR ("chat",
 -- the default: an OpenAI chat completion; "messages": Anthropic Messages; "responses": OpenAI
--- Responses). The same system prompt, user turn and output cap in each format.
+-- Responses; "embeddings": OpenAI embeddings of the user turn, floats). The same system prompt,
+-- user turn and output cap in each format. BENCH_NONCE=1 makes every body unique (a number in
+-- the user turn), so a response cache never hits.
 local model = os.getenv("BENCH_MODEL") or "gpt-4o-mini"
 local stream = os.getenv("BENCH_STREAM") == "1"
 local key = os.getenv("BENCH_KEY") or ""
 local door = os.getenv("BENCH_DOOR") or "chat"
+local nonce = os.getenv("BENCH_NONCE") == "1"
 
 local system = "You are terse."
 local user = "Say hello in one short sentence, please."
 local body
-if door == "messages" then
+if door == "embeddings" then
+  body = '{"model":"' .. model .. '","input":"' .. user .. '","encoding_format":"float"'
+elseif door == "messages" then
   body = '{"model":"' .. model .. '","system":"' .. system .. '","messages":[{"role":"user",'
     .. '"content":"' .. user .. '"}],"max_tokens":32'
   if stream then body = body .. ',"stream":true' end
@@ -29,6 +34,14 @@ body = body .. "}"
 
 wrk.method = "POST"
 wrk.body = body
+if nonce then
+  local n = 0
+  local head, tail = body:match('^(.-' .. user:gsub("%p", "%%%0") .. ')(.*)$')
+  request = function()
+    n = n + 1
+    return wrk.format(nil, nil, nil, head .. " #" .. n .. tail)
+  end
+end
 wrk.headers["Content-Type"] = "application/json"
 if key ~= "" then
   wrk.headers["Authorization"] = "Bearer " .. key

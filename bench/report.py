@@ -22,7 +22,12 @@ relaygate-redis: relaygate's process only; the redis-server's own CPU, on core 1
 The relaygate-<commit> row is an older build (the baseline), measured in S1 and S2 only.
 D1-D4 (the in-memory relaygate only): S1's and S2's request as an Anthropic Messages body to
 /v1/messages (D1 whole, D2 streamed) and as an OpenAI Responses body to /v1/responses (D3, D4),
-translated by the door to the same OpenAI mock; their CPU a request is held against S1's or S2's."""
+translated by the door to the same OpenAI mock; their CPU a request is held against S1's or S2's.
+E1 (the in-memory relaygate only): S1's user turn as an OpenAI embeddings request to /v1/embeddings
+(floats, 1,536 a vector), passed to the same mock; its CPU a request is held against S1's.
+C0, C1 (relaygate-cache only: the same config with the cache enabled): C0 is S1 with a
+number in the user turn that differs every request (each a miss, its answer stored), C1 is S1's
+request itself (each a hit after the first)."""
 REDIS, MEMORY = "relaygate-redis", "relaygate"
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
@@ -46,7 +51,8 @@ class Figures:
     def __init__(self, raw: dict[str, Any]) -> None:
         self.raw = raw
         self.res: dict[str, dict[str, list[dict[str, Any]]]] = raw.get("results", {})
-        self.targets = list(self.res.get("S1", {}))
+        s1 = self.res.get("S1", {})
+        self.targets = [t for t in s1 if s1[t]]  # the cache target runs only C0, C1
         self.baseline: str | None = raw.get("baseline", {}).get("name")
 
     def med(self, scen: str, target: str, key: str) -> float | None:
@@ -261,6 +267,47 @@ def goals_doors(fg: Figures) -> list[str]:
     return [*lines, "", intro, "", *table]
 
 
+def goals_issue14(fg: Figures) -> list[str]:
+    """Issue 14: a cache hit served at least 3x faster than a miss in S1 (C1 against C0 on the
+    same cache-enabled relaygate: req/s, and p50 latency at S1's 50 connections); embeddings at
+    no more CPU a request than chat (E1 against S1)."""
+    hit, miss = fg.med("C1", "relaygate-cache", "rps"), fg.med("C0", "relaygate-cache", "rps")
+    speed = _ratio(hit, miss)
+    p50_hit = fg.med("C1", "relaygate-cache", "lat_p50_us")
+    p50_miss = fg.med("C0", "relaygate-cache", "lat_p50_us")
+    faster = _ratio(p50_miss, p50_hit)
+    e1, s1 = fg.med("E1", MEMORY, "cpu_us_per_req"), fg.med("S1", MEMORY, "cpu_us_per_req")
+    emb = _ratio(e1, s1)
+    errors = sum(
+        r.get("errors", 0)
+        for scen, target in (("C0", "relaygate-cache"), ("C1", "relaygate-cache"), ("E1", MEMORY))
+        for r in fg.res.get(scen, {}).get(target, [])
+    )
+    rows = [
+        (
+            "S1 cache hits (C1) >= 3 x the req/s of misses (C0)",
+            _f(speed, "{:.2f} x") + f" ({_f(hit)} vs {_f(miss)} req/s)",
+            _ok(speed, ">=", 3.0),
+        ),
+        (
+            "S1 cache hit p50 latency <= 1/3 of a miss's",
+            _f(faster, "{:.2f} x") + f" ({_f(p50_hit)} vs {_f(p50_miss)} µs)",
+            _ok(faster, ">=", 3.0),
+        ),
+        (
+            "embeddings (E1): CPU a request <= the chat route's (S1)",
+            _f(emb, "{:.3f} x") + f" ({_f(e1, '{:.1f}')} vs {_f(s1, '{:.1f}')} µs)",
+            _ok(emb, "<=", 1.0),
+        ),
+        ("no errors in C0, C1, E1", str(errors), errors == 0),
+    ]
+    lines = ["| goal | measured | met |", "|---|---|---|"]
+    for goal, measured, ok in rows:
+        verdict = "n/a" if ok is None else ("met" if ok else "**not met**")
+        lines.append(f"| {goal} | {measured} | {verdict} |")
+    return lines
+
+
 def _added_gap(fg: Figures, target: str) -> float | None:
     t, d = fg.s4_worst(target, "gap_max_ms"), fg.s4_worst("direct", "gap_max_ms")
     return t - d if t is not None and d is not None else None
@@ -454,6 +501,10 @@ def write_report(raw: dict[str, Any], out: Path, *, bench_dir: Path) -> None:
         "## Goals (issue 13: the front doors)",
         "",
         *goals_doors(fg),
+        "",
+        "## Goals (issue 14: the response cache, embeddings)",
+        "",
+        *goals_issue14(fg),
         "",
         "## Summary (medians)",
         "",

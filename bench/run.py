@@ -90,12 +90,20 @@ DOOR_SCENARIOS = {
     "D2": ("messages", True),
     "D3": ("responses", False),
     "D4": ("responses", True),
+    "E1": ("embeddings", False),  # issue 14: embeddings, held against S1
 }
 DOOR_PATHS = {
     "chat": "/v1/chat/completions",
     "messages": "/v1/messages",
     "responses": "/v1/responses",
+    "embeddings": "/v1/embeddings",
 }
+# issue 14's response cache, on a relaygate of its own with `cache: {enabled: true}` (the only
+# scenarios it runs): C1 is S1's request again and again (every one a hit after the first), C0
+# the same request with a number that differs each time (every one a miss, stored)
+CACHE_TARGET = "relaygate-cache"
+CACHE_SCENARIOS = ("C0", "C1")
+CACHE_CONFIG = "cache: {enabled: true, ttl_s: 900, max_entries: 100000}\n"
 
 RELAYGATE_CONFIG = """\
 # Written by bench/run.py: client auth (static key), a 3-key round-robin pool{extra_doc}.
@@ -327,7 +335,19 @@ def relaygate_features() -> dict[str, bool]:
         "client rate limits (rpm, tpm)": "rpm" in client_fields and "tpm" in client_fields,
         "usage ledger": "ledger" in config_fields,
         "state on Redis (REDIS_URL)": "redis_url" in config_fields,
+        "response cache (the relaygate-cache target)": _cache_works(),
     }
+
+
+def _cache_works() -> bool:
+    """Whether this checkout's cache does anything (issue 14): its config has `coalesce`, which
+    came with the working cache (before it, `cache:` was accepted and ignored)."""
+    code = (
+        "from relaygate.config.model import CacheConfig;"
+        "print('coalesce' in CacheConfig.model_fields)"
+    )
+    res = subprocess.run([str(PY), "-c", code], capture_output=True, text=True, check=False)
+    return res.stdout.strip() == "True"
 
 
 def relaygate_config(upstream: str, features: dict[str, bool]) -> str:
@@ -416,12 +436,15 @@ def litellm_server(upstream: str, work: Path) -> Server:
 
 
 # --- load generators ------------------------------------------------------------------------------
-def wrk(target: Target, *, seconds: int, stream: bool, door: str = "chat") -> dict[str, Any]:
+def wrk(
+    target: Target, *, seconds: int, stream: bool, door: str = "chat", nonce: bool = False
+) -> dict[str, Any]:
     env = clean_env(
         BENCH_MODEL=target.model(BASE_MODEL),
         BENCH_STREAM="1" if stream else "0",
         BENCH_KEY=target.key,
         BENCH_DOOR=door,
+        BENCH_NONCE="1" if nonce else "0",
     )
     cmd = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", "-c50", f"-d{seconds}s", "--timeout", "10s"]
     cmd += ["-s", str(BENCH / "post.lua"), target.door_url(door)]
@@ -701,6 +724,11 @@ def main() -> None:
             targets.append(
                 Target("relaygate-redis", rg_redis, key=CLIENT_KEY, prefix="mock/", companion=redis)
             )
+        if raw["features"]["response cache (the relaygate-cache target)"]:
+            cached = relaygate_server(rg_config + CACHE_CONFIG, work, name=CACHE_TARGET)
+            targets.append(Target(CACHE_TARGET, cached, key=CLIENT_KEY, prefix="mock/"))
+        else:
+            notes.append(f"{CACHE_TARGET} not measured: this relaygate has no cache.enabled.")
         if baseline_src is not None:
             old = relaygate_server(rg_config, work, name=baseline_name, src=baseline_src)
             targets.append(Target(baseline_name, old, key=CLIENT_KEY, prefix="mock/"))
@@ -733,6 +761,8 @@ def main() -> None:
         ]
         for scen_name, (door, door_stream) in DOOR_SCENARIOS.items():
             scenario_runs.append((scen_name, door_run(door, door_stream, s)))
+        scenario_runs.append(("C0", lambda t: wrk(t, seconds=s.s1_s, stream=False, nonce=True)))
+        scenario_runs.append(("C1", lambda t: wrk(t, seconds=s.s1_s, stream=False)))
         for scen, fn in scenario_runs:
             results[scen] = {t.name: [] for t in targets}
             for rep in range(s.reps):
@@ -742,6 +772,8 @@ def main() -> None:
                     if t.name == baseline_name and scen not in BASELINE_SCENARIOS:
                         continue
                     if scen in DOOR_SCENARIOS and t.name != "relaygate":
+                        continue
+                    if (scen in CACHE_SCENARIOS) != (t.name == CACHE_TARGET):
                         continue
                     log(f"{scen} run {rep + 1}/{s.reps} {t.name}")
                     t.server.wait_idle()

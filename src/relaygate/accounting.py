@@ -49,6 +49,8 @@ class Call:
     admission: Admission | None = None
     ttft_ms: int | None = None
     done: bool = False
+    # an upload's audio length read from its file header: billed when the answer gives none
+    audio_seconds: float | None = None
     cache: str = "bypass"  # the response cache's word on it: hit, miss or bypass (SPEC §7b)
     cost_usd: float = 0.0  # what it cost, once settled
 
@@ -174,6 +176,8 @@ class Accounting:
         call.done = True
         latency = time.perf_counter() - call.t0
         usage = usage or Usage()
+        if call.audio_seconds is not None and usage.audio_seconds is None:
+            usage.audio_seconds = call.audio_seconds
         cost = 0.0
         if target is not None and call.cache != "hit":
             cost = call.cost_usd = self.rates(target).cost(usage)

@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from relaygate import chat_fields
+from relaygate import chat_fields, embeddings
 from relaygate._logging import Redactor
 from relaygate.accounting import Accounting, Call, new_request_id
 from relaygate.auth.clients import ClientInfo, ClientRegistry
@@ -375,6 +375,11 @@ class Gateway:
                 if "error" in chunk:
                     raise UpstreamError(str(chunk["error"].get("message")))
                 yield chunk
+
+    async def embed(self, input: Any, *, model: str, **params: Any) -> dict[str, Any]:
+        """Embeddings of a string or a list (OpenAI's body: `encoding_format`, `dimensions`,
+        `user`), OpenAI-shaped, through the same routing, pools, retries and limits."""
+        return await embeddings.embed(self, input, model=model, **params)
 
     def key_states(self) -> list[dict[str, Any]]:
         return [state for pool in self.pools.values() for state in pool.states()]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import IO, Any, Literal, Protocol
 
 FailureKind = Literal[
     "rate_limited",  # per-minute 429: the key cools down, the next key is tried at once
@@ -22,6 +22,7 @@ class Usage:
     completion_tokens: int = 0
     cached_tokens: int = 0
     estimated: bool = False
+    audio_seconds: float | None = None  # an audio operation's length, billed per second
 
     @property
     def total_tokens(self) -> int:
@@ -62,12 +63,36 @@ class Failure:
     reset_at: float | None = None  # quota_exhausted: epoch seconds when the quota returns
 
 
+class StreamedBody(Protocol):
+    """A request body sent upstream as it is read (an upload spooled to disk): its length is
+    known before the first byte; `chunks()` starts from the beginning each time it is called (a
+    retry sends it again)."""
+
+    @property
+    def length(self) -> int: ...
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
+
+
+@dataclass(slots=True)
+class Upload:
+    """A multipart upload as the client sent it (an audio transcription): every text field in
+    order, and the one file part, spooled while it arrived (memory, then a temporary file)."""
+
+    fields: list[tuple[str, str]]
+    file_field: str
+    filename: str
+    content_type: str
+    spool: IO[bytes]
+    size: int
+
+
 @dataclass(slots=True)
 class UpstreamRequest:
     method: str
     url: str
     headers: dict[str, str]
-    body: bytes | None = None
+    body: bytes | StreamedBody | None = None
     json: dict[str, Any] | None = field(default=None, repr=False)
     read_timeout_s: float | None = None  # streams: the longest silence between two reads
 
@@ -97,6 +122,7 @@ class NativeBody:
     body: dict[str, Any]
     stream: bool
     headers: Mapping[str, str] = field(default_factory=dict)
+    only: bool = False  # no chat translation: a target without a codec for `door` cannot take it
 
 
 @dataclass(slots=True)

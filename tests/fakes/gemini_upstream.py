@@ -61,6 +61,8 @@ class FakeGemini(FakeUpstream):
             return _error(403, errors.unregistered())
         if method == "countTokens":  # a stand-in count: the words of every text, plus 3
             return web.json_response({"totalTokens": count_words(body) + 3})
+        if method in ("embedContent", "batchEmbedContents"):
+            return await self._embed(key, method, model, body)
         if method not in ("generateContent", "streamGenerateContent"):
             return _error(404, errors.not_found(model))
         stream = method == "streamGenerateContent"
@@ -78,6 +80,17 @@ class FakeGemini(FakeUpstream):
         if stream:
             return await answer.stream(request)
         return web.json_response(answer.whole())
+
+    async def _embed(self, key: str, method: str, model: str, body: Any) -> web.Response:
+        from tests.fakes import embeddings
+
+        reply = self._next(key)
+        if reply.delay_s:
+            await asyncio.sleep(reply.delay_s)
+        if reply.status != 200:
+            return _error(reply.status, reply.error or errors.overloaded(), reply.headers)
+        status, answer = embeddings.gemini_answer(method, model, body)
+        return _error(status, answer) if status != 200 else web.json_response(answer)
 
 
 def _check(body: Any) -> str | None:

@@ -51,7 +51,24 @@ class FakeOllama(FakeUpstream):
     def _app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/api/chat", self._chat)
+        app.router.add_post("/api/embed", self._embed)
         return app
+
+    async def _embed(self, request: web.Request) -> web.Response:
+        from tests.fakes import embeddings
+
+        auth = request.headers.get("Authorization", "")
+        key = auth[7:] if auth.startswith("Bearer ") else None
+        body = await read_json(request)
+        self._record(request, key, body)
+        model = str(body.get("model") or "") if isinstance(body, dict) else ""
+        if self.models is not None and model not in self.models:
+            return _error(404, f'model "{model}" not found, try pulling it first')
+        reply = self._next(key)
+        if reply.status != 200:
+            return _error(reply.status, reply.error or "an error was encountered", reply.headers)
+        status, answer = embeddings.ollama_answer(body)
+        return web.json_response(answer, status=status)
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         auth = request.headers.get("Authorization", "")

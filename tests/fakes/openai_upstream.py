@@ -41,6 +41,8 @@ class Reply:
     inband_error_first: bool = False  # stream: 200, then data:{"error"} before any chunk
     oversized_after: int | None = None  # stream: after N content chunks, 5 MiB with no boundary
     body_override: dict[str, Any] | None = None  # non-streaming: answer this JSON as is
+    floats_only: bool = False  # embeddings: floats whatever encoding_format says (local servers)
+    embed_usage: bool = True  # embeddings: False sends no usage object
 
 
 class FakeOpenAI(Scripted[Reply]):
@@ -57,8 +59,15 @@ class FakeOpenAI(Scripted[Reply]):
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/responses", self._responses)
+        app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/audio/transcriptions", self._audio)
         return app
+
+    async def _audio(self, request: web.Request) -> web.StreamResponse:
+        from tests.fakes import audio_upstream
+
+        return await audio_upstream.serve(self, request, "openai")
 
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response(
@@ -89,6 +98,28 @@ class FakeOpenAI(Scripted[Reply]):
         if reply.status != 200:
             return _error(reply.status, reply.error or errors.server_error(), reply.headers)
         return await openai_responses.answer(request, body, reply)
+
+    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
+        from tests.fakes import embeddings
+
+        key, body, refused = await self._begin(request)
+        if refused is not None:
+            return refused
+        reply = self._next(key)
+        if reply.delay_s:
+            await asyncio.sleep(reply.delay_s)
+        if reply.status != 200:
+            return _error(reply.status, reply.error or errors.server_error(), reply.headers)
+        problem = embeddings.openai_problem(body)
+        if problem is not None:
+            invalid = {"message": problem, "type": "invalid_request_error", "param": None}
+            return _error(400, {"error": {**invalid, "code": None}})
+        if reply.body_override is not None:
+            return web.json_response(reply.body_override)
+        answer = embeddings.openai_answer(
+            body, floats_only=reply.floats_only, usage=reply.embed_usage
+        )
+        return web.json_response(answer, headers=reply.headers)
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         key, body, refused = await self._begin(request)

@@ -1,7 +1,8 @@
 """Hostile bodies on every front door (SPEC §7a, §8, §8a): the bodies that are not one JSON
 object (the chat table's, test_bodies.BAD_JSON), fields of the wrong type in each door's own
 format, and a body over the limit, to POST /v1/messages, /v1/messages/count_tokens,
-/v1/responses and Gemini's :generateContent, :streamGenerateContent and :countTokens.
+/v1/responses, /v1/embeddings, /embeddings and Gemini's :generateContent,
+:streamGenerateContent, :countTokens, :embedContent and :batchEmbedContents.
 
 Each case checks: a 400 (or 413) in the door's own error shape, no upstream call, no 500, no
 canary secret in the answer or the log, no traceback; the same bodies without a valid key get the
@@ -26,7 +27,12 @@ ROUTES = {
     "generate": f"{GEMINI}:generateContent",
     "stream": f"/v1/models/{MODEL}:streamGenerateContent?alt=sse",
     "count": f"{GEMINI}:countTokens",
+    "embeddings": "/v1/embeddings",
+    "embeddings_root": "/embeddings",
+    "embed": f"{GEMINI}:embedContent",
+    "batch_embed": f"/v1/models/{MODEL}:batchEmbedContents",
 }
+TEXT = {"parts": [{"text": "hi"}]}
 HI = [{"role": "user", "content": "hi"}]
 GOOD: dict[str, dict[str, Any]] = {
     "messages": {"model": MODEL, "max_tokens": 16, "messages": HI},
@@ -35,6 +41,10 @@ GOOD: dict[str, dict[str, Any]] = {
     "generate": {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]},
     "stream": {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]},
     "count": {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]},
+    "embeddings": {"model": MODEL, "input": ["hi", "there"]},
+    "embeddings_root": {"model": MODEL, "input": "hi", "encoding_format": "base64"},
+    "embed": {"content": TEXT, "outputDimensionality": 4},
+    "batch_embed": {"requests": [{"model": f"models/{MODEL}", "content": TEXT}]},
 }
 # (door, case id, fields set over the good body)
 WRONG: list[tuple[str, str, dict[str, Any]]] = [
@@ -81,6 +91,37 @@ WRONG: list[tuple[str, str, dict[str, Any]]] = [
     ("generate", "tools-number", {"tools": 5}),
     ("stream", "contents-missing", {"contents": None}),
     ("count", "contents-number", {"contents": 3}),
+    ("embeddings", "input-missing", {"input": None}),
+    ("embeddings", "input-empty-string", {"input": ""}),
+    ("embeddings", "input-empty-list", {"input": []}),
+    ("embeddings", "input-number", {"input": 5}),
+    ("embeddings", "input-mixed", {"input": ["a", 1]}),
+    ("embeddings", "input-empty-string-in-list", {"input": ["a", ""]}),
+    ("embeddings", "input-negative-token", {"input": [1, -2]}),
+    ("embeddings", "input-bool-token", {"input": [True]}),
+    ("embeddings", "input-empty-token-array", {"input": [[1], []]}),
+    ("embeddings", "input-2049-entries", {"input": ["a"] * 2049}),
+    ("embeddings", "input-object", {"input": {"text": "a"}}),
+    ("embeddings", "model-missing", {"model": None}),
+    ("embeddings", "model-number", {"model": 5}),
+    ("embeddings", "model-crlf", {"model": "up/gpt\r\n-4o"}),
+    ("embeddings", "encoding_format-hex", {"encoding_format": "hex"}),
+    ("embeddings", "dimensions-zero", {"dimensions": 0}),
+    ("embeddings", "dimensions-string", {"dimensions": "8"}),
+    ("embeddings", "dimensions-true", {"dimensions": True}),
+    ("embeddings", "dimensions-float", {"dimensions": 1.5}),
+    ("embeddings", "user-number", {"user": 5}),
+    ("embeddings_root", "input-nested-strings", {"input": [["a"]]}),
+    ("embed", "content-missing", {"content": None}),
+    ("embed", "content-string", {"content": "hi"}),
+    ("embed", "parts-empty", {"content": {"parts": []}}),
+    ("embed", "part-image", {"content": {"parts": [{"inlineData": {"data": "AA=="}}]}}),
+    ("embed", "outputDimensionality-negative", {"outputDimensionality": -1}),
+    ("embed", "taskType-number", {"taskType": 3}),
+    ("batch_embed", "requests-missing", {"requests": None}),
+    ("batch_embed", "requests-empty", {"requests": []}),
+    ("batch_embed", "request-string", {"requests": ["hi"]}),
+    ("batch_embed", "request-no-content", {"requests": [{"model": "models/x"}]}),
 ]
 
 
@@ -117,7 +158,7 @@ CASES += [
         code="request_too_large",
         heavy=True,
     )
-    for door in ("messages", "responses", "generate")
+    for door in ("messages", "responses", "generate", "embeddings", "batch_embed")
 ]
 NO_KEY = [
     case(door, f"{id_}-no-key", raw, status=401, code="invalid_api_key", headers=(JSON,))

@@ -221,3 +221,39 @@ def test_doors_do_not_share_entries(door_upstream, route):
     answer = httpx.post(served.gw.base + route, json=body, headers=served.gw.headers())
     expected = "hit" if route == "/v1/chat/completions" else "miss"
     assert answer.headers["x-relaygate-cache"] == expected
+
+
+# --- embeddings and a seed route (door-generic) --------------------------------------------------
+def test_embeddings_are_cached_as_the_upstreams_own_answer(door_upstream):
+    served = served_by(door_upstream)
+    client = oai(served)
+    first = client.embeddings.with_raw_response.create(
+        model=served.model, input=["alpha", "beta"], encoding_format="float"
+    )
+    assert first.headers["x-relaygate-cache"] == "miss"
+    hit = client.embeddings.with_raw_response.create(
+        model=served.model, input=["alpha", "beta"], encoding_format="float"
+    )
+    assert hit.headers["x-relaygate-cache"] == "hit"
+    assert [d.embedding for d in hit.parse().data] == [d.embedding for d in first.parse().data]
+    assert hit.parse().usage.prompt_tokens == first.parse().usage.prompt_tokens
+    other = client.embeddings.with_raw_response.create(
+        model=served.model, input=["alpha"], encoding_format="float"
+    )
+    assert other.headers["x-relaygate-cache"] == "miss"
+    assert calls(served) == 2
+
+
+def test_a_seed_route_is_cached(door_upstream):
+    served = door_upstream("openai", {"cache": {"enabled": True}})
+    served.reply(text="Seeded.", usage=(3, 2))
+    url = served.gw.base + "/chat/json"
+    words = []
+    for _ in range(2):
+        answer = httpx.post(
+            url, json={"prompt": "hi", "model": served.model}, headers=served.gw.headers()
+        )
+        assert answer.status_code == 200 and answer.json()["response"] == "Seeded."
+        words.append(answer.headers["x-relaygate-cache"])
+    assert words == ["miss", "hit"]
+    assert calls(served) == 1

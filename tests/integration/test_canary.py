@@ -22,6 +22,7 @@ import yaml
 
 from relaygate.auth.clients import hash_key
 from tests.fakes._server import free_port
+from tests.fakes.audio_upstream import sine_wav
 from tests.fakes.openai_upstream import FakeOpenAI, Reply
 from tests.fakes.telegram import FakeTelegram
 from tests.integration._proc import clean_env, stop
@@ -41,6 +42,11 @@ LIMITED_CLIENT = "rg-CANARYlimitedClient-3c5e7a9f1b0d2864"
 WRONG_CLIENT = "rg-CANARYwrongClient-9a7c5e3b1d0f2468"  # presented, never valid
 ADMIN = "CANARYadminSecret-1d3f5b7a9c0e2468"
 BOT_TOKEN = "5550001234:CANARYbotToken-2e4c6a8f0b1d3579"
+PROXIED = "sk-CANARYproxied-4d2b0f8e6c1a3957"  # a key with its own proxy and a bucket
+PROXY_PASS = "CANARYproxyPass-6f4d2b0a8e1c3579"  # in the provider's `proxy:`
+KEY_PROXY_PASS = "CANARYkeyProxyPass-0b8f6d4e2a1c3579"  # in the key's own `proxy:`
+ENV_PROXY_PASS = "CANARYenvProxyPass-9c7a5e3f1d0b2468"  # in HTTPS_PROXY
+DEAD_PROXY = f"127.0.0.1:{free_port()}"  # nothing listens: the proxy's failure path
 CANARIES = {
     "upstream key from YAML": UP_YAML,
     "upstream key from the environment": UP_ENV,
@@ -57,6 +63,10 @@ CANARIES = {
     "a wrong client key": WRONG_CLIENT,
     "admin secret": ADMIN,
     "Telegram bot token": BOT_TOKEN,
+    "upstream key with its own proxy": PROXIED,
+    "a provider's proxy password": PROXY_PASS,
+    "a key's proxy password": KEY_PROXY_PASS,
+    "the environment's proxy password": ENV_PROXY_PASS,
 }
 MODEL = "gpt-4o-mini"
 
@@ -145,6 +155,17 @@ def config(tmp_path: Path, fake: FakeOpenAI, telegram: FakeTelegram) -> Path:
             "picky": provider(PICKY),
             "broke": provider(BROKE),
             "streams": provider(STREAMS),
+            "proxied": {
+                **provider(),
+                "keys": [
+                    {
+                        "key": PROXIED,
+                        "bucket": "canary-bucket",
+                        "proxy": f"http://keyuser:{KEY_PROXY_PASS}@{DEAD_PROXY}",
+                    }
+                ],
+                "proxy": f"http://relay:{PROXY_PASS}@{DEAD_PROXY}",
+            },
         },
         "clients": [
             {"name": "static", "key": STATIC_CLIENT},
@@ -248,6 +269,8 @@ def drive(seen: Seen) -> str:
     assert seen.chat(STATIC_CLIENT, f"broke/{MODEL}").status_code == 503
     for _ in range(3):  # cut off, failing mid-way, whole
         assert seen.chat(STATIC_CLIENT, f"streams/{MODEL}", stream=True).status_code == 200
+    # 200 while the proxies are not wired in (issue 16 part 2), then 502: the proxy is away
+    assert seen.chat(STATIC_CLIENT, f"proxied/{MODEL}").status_code in (200, 502)
     assert seen.chat(STATIC_CLIENT, "nowhere/unknown-model").status_code == 404
     assert (
         seen.chat(STATIC_CLIENT, "", raw=b'{"model": "up/gpt-4o-mini", "messages": [').status_code
@@ -290,7 +313,8 @@ def drive(seen: Seen) -> str:
 
 def doors(seen: Seen) -> None:
     """Every front door (SPEC §7a), answered and streamed, failing, refused, with the key in
-    each place its SDK sends it (Gemini's `?key=` in the URL included)."""
+    each place its SDK sends it (Gemini's `?key=` in the URL included); embeddings on both
+    doors, answered, failing with the key echoed, refused."""
     hi = [{"role": "user", "content": "hi"}]
     gemini = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
     bearer = {"Authorization": f"Bearer {ENV_CLIENT}"}
@@ -309,8 +333,33 @@ def doors(seen: Seen) -> None:
         seen("POST", base + f":streamGenerateContent?alt=sse&key={ENV_CLIENT}", json=gemini)
         seen("POST", base + f":generateContent?key={WRONG_CLIENT}", json=gemini)
         seen("POST", base + ":countTokens", json=gemini, headers=bearer)
+    for model in (f"up/{MODEL}", f"flaky/{MODEL}", f"picky/{MODEL}", f"rot/{MODEL}"):
+        embed = {"model": model, "input": ["hi", "there"]}
+        for key_headers in (bearer, {"x-api-key": WRONG_CLIENT}):
+            seen("POST", "/v1/embeddings", json=embed, headers=key_headers)
+        seen("POST", "/embeddings", json={**embed, "encoding_format": "base64"}, headers=bearer)
+        base = f"/v1beta/models/{model}"
+        text = {"parts": [{"text": "hi"}]}
+        batch = {"requests": [{"model": f"models/{model}", "content": text}]}
+        seen("POST", base + ":embedContent", json={"content": text},
+             headers={"x-goog-api-key": ENV_CLIENT})  # fmt: skip
+        seen("POST", f"/v1/models/{model}:batchEmbedContents?key={ENV_CLIENT}", json=batch)
+        seen("POST", base + f":batchEmbedContents?key={WRONG_CLIENT}", json=batch)
     seen("GET", "/v1beta/models", headers={"x-goog-api-key": ENV_CLIENT})
     seen("GET", f"/v1/models?key={ENV_CLIENT}")
+    # audio and the seed routes: answered, failed over, failing, refused
+    wav = {"file": ("a.wav", sine_wav(0.2), "audio/wav")}
+    for key_headers in (bearer, {"x-api-key": WRONG_CLIENT}):
+        for name in ("up", "rot", "flaky", "dead"):
+            seen("POST", "/v1/audio/transcriptions", data={"model": f"{name}/whisper-1"},
+                 files=wav, headers=key_headers)  # fmt: skip
+        seen("POST", "/upload", files=wav, headers=key_headers)
+        seen("POST", "/chat", data={"prompt": "hi"}, headers=key_headers)
+        seen("POST", "/chat/json", json={"prompt": "hi", "model": f"rot/{MODEL}"},
+             headers=key_headers)  # fmt: skip
+        seen("POST", "/v1/generate", json={"prompt": "hi", "model": f"flaky/{MODEL}"},
+             headers=key_headers)  # fmt: skip
+        seen("POST", "/ask", json={"input": "hi", "model": f"dead/{MODEL}"}, headers=key_headers)
     seen("POST", "/v1/messages", json={"model": "nowhere/x", "max_tokens": 8, "messages": hi},
          headers=bearer)  # fmt: skip
     seen("POST", "/v1/responses", json={"model": "up/x", "previous_response_id": "resp_1"},
@@ -333,6 +382,7 @@ def test_no_secret_anywhere(tmp_path, fake_openai, json_logs):
             UP_API_KEY=UP_ENV,
             PROXY_API_KEY=ENV_CLIENT,
             ADMIN_SECRET=ADMIN,
+            HTTPS_PROXY=f"http://envuser:{ENV_PROXY_PASS}@{DEAD_PROXY}",  # upstreams are http
             LOG_LEVEL="debug",
             COLUMNS="200",
             **({"RELAYGATE_LOG_JSON": "1"} if json_logs else {}),

@@ -35,6 +35,7 @@ KINDS: tuple[EventKind, ...] = (
     "success",
     "rate_limited",
     "quota_exhausted",
+    "bucket_exhausted",
     "key_rejected",
     "server",
     "timeout",
@@ -99,7 +100,7 @@ def starts(now: float, rules: Rules) -> list[KeyRecord]:
 def variants(kind: EventKind, now: float) -> list[KeyEvent]:
     if kind == "rate_limited":
         return [KeyEvent("", "p1", kind, status=429, retry_after_s=w) for w in WAITS]
-    if kind == "quota_exhausted":
+    if kind in ("quota_exhausted", "bucket_exhausted"):
         return [
             KeyEvent(
                 "", "p1", kind, status=402, message=LONG, reset_at=None if r is None else now + r
@@ -168,6 +169,7 @@ async def test_a_key_never_seen_and_a_sequence_in_one_call(
     keys_and_clock: tuple[Any, aioredis.Redis],
 ) -> None:
     keys, raw = keys_and_clock
+    now = await redis_now(raw)
     events = [
         KeyEvent("b", "p2", "used"),
         KeyEvent("a", "p1", "server", status=500),
@@ -176,13 +178,19 @@ async def test_a_key_never_seen_and_a_sequence_in_one_call(
         KeyEvent("a", "p1", "server", status=502),
         KeyEvent("a", "p1", "server", status=502),
         KeyEvent("b", "p2", "rate_limited", status=429, retry_after_s=12.25),
+        KeyEvent("c", "p1", "quota_exhausted", status=429, message="daily"),
+        KeyEvent("d", "p1", "bucket_exhausted", reset_at=now + 700.5, message="proj (via c)"),
+        KeyEvent("a", "p1", "bucket_exhausted", reset_at=now + 90.0, message="proj (via c)"),
+        KeyEvent("d", "p1", "bucket_exhausted", reset_at=now + 30.0, message="proj (via c)"),
     ]
-    now = await redis_now(raw)
     got = await keys.apply(events, RULES)
-    records = {"b": KeyRecord("b", "p2"), "a": KeyRecord("a", "p1")}
+    records = {k: KeyRecord(k, "p2" if k == "b" else "p1") for k in "bacd"}
     for event in events:
         records[event.key_id] = apply(records[event.key_id], event, now, RULES)
-    assert [r.key_id for r in got] == ["b", "a"]
+    assert [r.key_id for r in got] == ["b", "a", "c", "d"]
+    assert records["d"].state == "exhausted"
+    assert records["d"].reason == "quota exhausted: bucket proj (via c)"
+    assert records["d"].until == now + 700.5
     for record in got:
         same(record, records[record.key_id], record.key_id)
 

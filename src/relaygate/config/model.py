@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -39,10 +40,37 @@ class KeyLimits(_Model):
 
 
 class KeySpec(_Model):
-    """One upstream key with an optional label (the label becomes its key id)."""
+    """One upstream key with an optional label (the label becomes its key id), quota bucket
+    (keys sharing one park together when its quota is spent) and egress proxy of its own."""
 
     key: str = Field(min_length=1)
     label: str | None = None
+    bucket: str | None = Field(default=None, min_length=1, max_length=128)
+    proxy: str | None = Field(default=None, repr=False)
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy_url(cls, value: str | None) -> str | None:
+        return check_proxy_url(value)
+
+
+PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
+ENV_PROXIES = tuple(
+    f"{name}_PROXY".lower() if lower else f"{name}_PROXY"
+    for name in ("HTTPS", "HTTP", "ALL")
+    for lower in (False, True)
+)
+
+
+def check_proxy_url(value: str | None) -> str | None:
+    """A proxy URL with a scheme the transport speaks and a host; the error never repeats it
+    (it may hold credentials)."""
+    if value is None or value == "":
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in PROXY_SCHEMES or not parts.hostname:
+        raise ValueError(f"a proxy must be a URL {'|'.join(PROXY_SCHEMES)}://host:port")
+    return value
 
 
 def _keys(value: Any) -> Any:
@@ -50,6 +78,37 @@ def _keys(value: Any) -> Any:
     if isinstance(value, list):
         return [{"key": item} if isinstance(item, str) else item for item in value]
     return value
+
+
+class TlsConfig(_Model):
+    """TLS to one provider: a CA bundle (else the system's trust store), `verify: false` for a
+    lab server (a warning at start), a client certificate (and its key, unless in the same file)."""
+
+    ca_bundle: str | None = None
+    verify: bool = True
+    client_cert: str | None = None
+    client_key: str | None = None
+
+    @model_validator(mode="after")
+    def _key_needs_cert(self) -> TlsConfig:
+        if self.client_key and not self.client_cert:
+            raise ValueError("tls.client_key needs tls.client_cert")
+        return self
+
+
+class TransportConfig(_Model):
+    """How calls to one provider leave (SPEC 11a). `own`: the built-in HTTP/1.1 client;
+    `library`: the aiohttp one (proxies, HTTP/2); `auto`: the library one when a proxy, TLS
+    option or HTTP/2 is set, else the own one."""
+
+    kind: Literal["auto", "own", "library"] = "auto"
+    http2: bool = False
+    max_connections_per_host: int = Field(default=100, ge=1, le=10_000)
+    keepalive_s: float = Field(default=30.0, gt=0, le=3600)
+    connect_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    max_header_count: int = Field(default=100, ge=8, le=10_000)
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
 
 
 class ProviderConfig(_Model):
@@ -67,6 +126,23 @@ class ProviderConfig(_Model):
     # a `type: openai` server that serves POST /responses itself: Responses bodies pass through
     # (None: only OpenAI's own base URL does)
     responses_api: bool | None = None
+    proxy: str | None = None  # else HTTPS_PROXY / HTTP_PROXY / ALL_PROXY / NO_PROXY
+    tls: TlsConfig = Field(default_factory=TlsConfig)
+    transport: TransportConfig = Field(default_factory=TransportConfig)
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy_url(cls, value: str | None) -> str | None:
+        return check_proxy_url(value)
+
+    @model_validator(mode="after")
+    def _own_transport_limits(self) -> ProviderConfig:
+        asks = self.proxy or any(k.proxy for k in self.keys) or self.transport.http2
+        if self.transport.kind == "own" and asks:
+            raise ValueError(
+                "transport.kind: own speaks HTTP/1.1 without proxies; use kind: library or auto"
+            )
+        return self
 
 
 class RoutingConfig(_Model):
@@ -74,6 +150,8 @@ class RoutingConfig(_Model):
     default_models: dict[str, str] = Field(default_factory=dict)
     aliases: dict[str, str] = Field(default_factory=dict)
     groups: dict[str, list[str]] = Field(default_factory=dict)
+    seed_model: str | None = None  # the seed routes' model when the request names none
+    audio_model: str | None = None  # /upload's transcription model
 
 
 class RetryConfig(_Model):
@@ -121,9 +199,20 @@ class CacheConfig(_Model):
 
 
 class PriceConfig(_Model):
-    input_per_mtok: float = Field(ge=0)
-    output_per_mtok: float = Field(ge=0)
+    """USD per million tokens, and/or per audio second (`per_second`: transcription); an
+    entry with only `per_second` prices no tokens."""
+
+    input_per_mtok: float = Field(default=0.0, ge=0)
+    output_per_mtok: float = Field(default=0.0, ge=0)
     cached_input_per_mtok: float | None = Field(default=None, ge=0)
+    per_second: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _priced(self) -> PriceConfig:
+        given = self.model_fields_set & {"input_per_mtok", "output_per_mtok", "per_second"}
+        if not given:
+            raise ValueError("give input_per_mtok and output_per_mtok, or per_second")
+        return self
 
 
 class LimitsConfig(_Model):
@@ -192,8 +281,12 @@ class Config(_Model):
         """Every secret this config holds, for the redaction helper."""
         found = [spec.key for p in self.providers.values() for spec in p.keys]
         found += [c.key for c in self.clients]
-        for p in self.providers.values():  # credentials written into a base URL
-            parts = urlsplit(p.base_url or "")
+        urls = [p.base_url or "" for p in self.providers.values()]  # credentials in a URL
+        urls += [p.proxy or "" for p in self.providers.values()]
+        urls += [spec.proxy or "" for p in self.providers.values() for spec in p.keys]
+        urls += [os.environ.get(name, "") for name in ENV_PROXIES]  # what the transport reads
+        for url in urls:
+            parts = urlsplit(url)
             if parts.password:
                 found += [parts.password, f"{parts.username}:{parts.password}"]
         found += [str(self.reports.get(k) or "") for k in ("telegram_bot_token", "webhook_url")]

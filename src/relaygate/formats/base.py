@@ -67,6 +67,14 @@ class Door(ABC):
     # where the body gives the most output tokens (a path of keys), for a same-format body
     # the translation refuses: admission still reserves by it
     output_limit_field: ClassVar[tuple[str, ...]] = ()
+    # True: an operation other than chat (embeddings, transcription). The door has no chat
+    # translation: only targets whose provider declares a codec for `name` serve it (the others
+    # are left out of the plan) and the codec builds the upstream request from the door's body
+    native_only: ClassVar[bool] = False
+    # True: the door parses its own body (`parse_form`: a form by its content type, or JSON)
+    takes_forms: ClassVar[bool] = False
+    # True: a seed route (formats/seed.py): a request without a model gets routing.seed_model
+    seed: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -80,6 +88,11 @@ class Door(ABC):
         self.request_id = request_id
         self.model = model if model is not None else body.get("model")
         self.stream = bool(body.get("stream")) if stream is None else stream
+
+    @classmethod
+    def parse_form(cls, raw: bytes, content_type: str | None) -> dict[str, Any]:
+        """The body of a door that `takes_forms`, read by its Content-Type."""
+        raise NotImplementedError
 
     @abstractmethod
     def chat_body(self) -> dict[str, Any]:

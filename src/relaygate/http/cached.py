@@ -24,14 +24,14 @@ from starlette.types import Receive, Scope, Send
 from relaygate.auth.clients import ClientInfo
 from relaygate.cache.entry import Entry, StreamAssembler, replay_chunks
 from relaygate.cache.service import CacheService, Unavailable
-from relaygate.errors import InvalidRequest
-from relaygate.formats.base import Door, Untranslatable
+from relaygate.formats.base import Door
 from relaygate.http._asgi import JSON, Render, encoded, read_body
 from relaygate.http._common import parse_json
 from relaygate.http.doors import Route
 from relaygate.http.headers import limit_headers
+from relaygate.http.uploads import content_type
 from relaygate.routing.attempts import Completed, StreamStarted
-from relaygate.types import NativeBody, Target, Usage
+from relaygate.types import Target, Usage
 
 if TYPE_CHECKING:
     from relaygate.accounting import Call
@@ -147,12 +147,13 @@ class CachedPath:
         gw, proxy, cache, (client, length) = self.gw, self.proxy, self.cache, who
         t0 = time.monotonic()
         raw = await read_body(receive, length, proxy.limit)
-        body = parse_json(raw)
         cls = route.door
-        door = None if cls.same_as_core else cls(body, request_id=rid, model=route.model,
-                                                 stream=route.stream)  # fmt: skip
+        body = cls.parse_form(raw, content_type(scope)) if cls.takes_forms else parse_json(raw)
+        door: Door | None = None
+        chat = body
+        if not cls.same_as_core:
+            door, chat = proxy._translate(body, rid, route)
         stream = bool(body.get("stream")) if door is None else door.stream
-        chat = body if door is None else self._chat_body(door)
         key, lead, word = None, False, "bypass"
         if not no_cache(scope):
             key = cache.key_for(route=cls.route, body=body, client_id=client.id, model=route.model)
@@ -179,10 +180,10 @@ class CachedPath:
                 chat, client=client, route=cls.route, raw_size=len(raw), request_id=rid
             )
             call.cache = word
-            native = None
-            if door is not None:
-                native = NativeBody(door.name, body, door.stream, _headers(scope, door))
-            result = await proxy._run(chat, call, plan, native)
+            if door is None:
+                result = await proxy._run(chat, call, plan, None)
+            else:
+                result = await proxy._run_door(scope, door, body, chat, call, plan)
         except BaseException:
             if lead and key is not None:
                 cache.done(key, None)
@@ -192,15 +193,6 @@ class CachedPath:
             storable = chat.get("n") in (None, 1)
             capture = Capture(cache, key, lead=lead, storable=storable)
         return result, call, None if door is None or result.native else door, capture
-
-    def _chat_body(self, door: Door) -> dict[str, Any]:
-        try:
-            return door.chat_body()
-        except Untranslatable as exc:
-            return self.proxy._stand_in(door, exc)
-        except InvalidRequest:
-            self.gw.accounting.refused("invalid")
-            raise
 
     async def _hit(
         self,
@@ -272,9 +264,3 @@ def _replay(door: Door | None, body: dict[str, Any], entry: Entry) -> bytes:
     parts = [out.feed(chunk) for chunk in replay_chunks(completion, usage=True)]
     parts.append(out.end())
     return b"".join(parts)
-
-
-def _headers(scope: Scope, door: Door) -> dict[str, str]:
-    from relaygate.http.proxy import native_headers  # (proxy.py imports this module)
-
-    return native_headers(scope, door)

@@ -15,7 +15,7 @@ from starlette.types import Scope
 
 from relaygate.formats.base import Door
 
-Op = Literal["chat", "count", "models", "not_allowed"]
+Op = Literal["chat", "count", "models", "not_allowed", "upload"]
 _GOOGLE_KEY = b"x-goog-api-key"
 
 
@@ -33,6 +33,11 @@ def _door(module: str) -> type[Door]:
     return cls
 
 
+def _seed(name: str) -> type[Door]:
+    cls: type[Door] = getattr(importlib.import_module("relaygate.formats.seed"), name)
+    return cls
+
+
 def _gemini_module() -> Any:
     return importlib.import_module("relaygate.formats.gemini_native")
 
@@ -40,7 +45,7 @@ def _gemini_module() -> Any:
 class Routes:
     """The proxied routes; `match(scope)` gives the Route of a request or None (not proxied)."""
 
-    __slots__ = ("_fixed", "_gemini", "_gemini_door", "_models", "_paths")
+    __slots__ = ("_embed", "_fixed", "_gemini", "_gemini_door", "_models", "_paths")
 
     def __init__(self) -> None:
         chat = _door("openai_chat")
@@ -54,7 +59,18 @@ class Routes:
             ("POST", "/v1/messages"): Route(messages, "chat"),
             ("POST", "/v1/messages/count_tokens"): Route(messages, "count"),
             ("POST", "/v1/responses"): Route(responses, "chat"),
+            ("POST", "/v1/embeddings"): Route(_door("openai_embeddings"), "chat"),
+            ("POST", "/embeddings"): Route(_door("openai_embeddings"), "chat"),  # a root base URL
         }
+        embed = importlib.import_module("relaygate.formats.gemini_embeddings")
+        self._embed = {"embedContent": embed.DOOR, "batchEmbedContents": embed.BATCH_DOOR}
+        audio, prompt = _door("audio"), _door("seed")
+        self._fixed[("POST", "/v1/audio/transcriptions")] = Route(audio, "upload")
+        self._fixed[("POST", "/audio/transcriptions")] = Route(audio, "upload")
+        for path in ("/chat", "/chat/json", "/v1/generate"):  # the seed routes (SPEC §7a)
+            self._fixed[("POST", path)] = Route(prompt, "chat")
+        self._fixed[("POST", "/ask")] = Route(_seed("ASK"), "chat")
+        self._fixed[("POST", "/upload")] = Route(_seed("UPLOAD"), "upload")
         self._models = Route(self._gemini_door, "models", google_key=True)
         self._paths = {path: Route(r.door, "not_allowed") for (_, path), r in self._fixed.items()}
 
@@ -85,6 +101,8 @@ class Routes:
             return Route(self._gemini_door, "chat", model, True, True)
         if action == "countTokens":
             return Route(self._gemini_door, "count", model, None, True)
+        if action in self._embed:
+            return Route(self._embed[action], "chat", model, False, True)
         return None
 
 
@@ -128,5 +146,50 @@ def openapi_paths() -> dict[str, Any]:
             "post": op("Gemini streamGenerateContent (?alt=sse)")
         },
         "/{version}/models/{model}:countTokens": {"post": op("Gemini countTokens")},
+        "/v1/embeddings": {
+            "post": op("OpenAI embeddings", {"model": "text-embedding-3-small", "input": "Hello"})
+        },
+        "/embeddings": {"post": op("OpenAI embeddings (for a root base URL)")},
+        "/{version}/models/{model}:embedContent": {"post": op("Gemini embedContent")},
+        "/{version}/models/{model}:batchEmbedContents": {"post": op("Gemini batchEmbedContents")},
         "/v1beta/models": {"get": op("Gemini model list")},
+        **_upload_paths(op),
+    }
+
+
+_FORMATS = ["json", "text", "verbose_json", "srt", "vtt"]
+
+
+def _upload_paths(op: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    """The audio and seed routes' entries."""
+
+    def form(summary: str, fields: dict[str, Any], required: list[str]) -> dict[str, Any]:
+        entry = op(summary)
+        schema = {"type": "object", "properties": fields, "required": required}
+        entry["requestBody"] = {
+            "required": True,
+            "content": {"multipart/form-data": {"schema": schema}},
+        }
+        return entry
+
+    audio = {
+        "file": {"type": "string", "format": "binary"},
+        "model": {"type": "string", "example": "whisper-1"},
+        "response_format": {"type": "string", "enum": _FORMATS},
+        "language": {"type": "string"},
+        "prompt": {"type": "string"},
+        "temperature": {"type": "number"},
+    }
+    transcribe = form("Audio transcription (multipart, up to 25 MiB)", audio, ["file", "model"])
+    prompt = {"prompt": "Hello there"}
+    return {
+        "/v1/audio/transcriptions": {"post": transcribe},
+        "/audio/transcriptions": {"post": form("Audio transcription (root base URL)", audio, [])},
+        "/chat": {"post": op("Seed route: a prompt (form field or JSON) -> {response}", prompt)},
+        "/chat/json": {"post": op("Seed route: {prompt} -> {response, model, usage}", prompt)},
+        "/v1/generate": {"post": op("Seed route: {prompt, model} -> {response}", prompt)},
+        "/ask": {"post": op("Seed route: {input} -> {response, model, usage}", {"input": "Hi"})},
+        "/upload": {
+            "post": form("Seed route: an audio file, transcribed", {"file": audio["file"]}, [])
+        },
     }

@@ -36,6 +36,7 @@ from relaygate.http._asgi import (
 from relaygate.http._common import WATCHED, cancelled_by_us, internal_error, parse_json
 from relaygate.http.doors import Route
 from relaygate.http.headers import extract_key, limit_headers
+from relaygate.http.uploads import content_type, serve_upload
 from relaygate.inflight import SHUTTING_DOWN
 from relaygate.providers._sse import parse_event
 from relaygate.routing.attempts import Completed, StreamStarted
@@ -83,6 +84,9 @@ class Proxy:
                 if route.op == "not_allowed":
                     raise not_allowed()
                 who = self._authenticate(scope, route)
+                if route.op == "upload":  # a multipart upload, streamed (http/uploads.py)
+                    await serve_upload(self, scope, receive, send, route, rid, who)
+                    return
                 if route.op != "chat":
                     await self._other(scope, receive, send, route, who[1])
                     return
@@ -146,18 +150,24 @@ class Proxy:
         except Exception as exc:  # noqa: BLE001 (the ASGI boundary: log, answer, no traceback)
             await internal_error(scope, send, exc, started=started)
 
-    def _stand_in(self, door: Door, error: Untranslatable) -> dict[str, Any]:
+    def _stand_in(self, door: Door, error: Untranslatable | None) -> dict[str, Any]:
         """A body the core's format cannot say may still suit targets that speak the door's
         format: when every target of its model does, a stand-in chat body carries what
         admission and routing read (the model, stream, the output limit) and the body itself
-        goes through."""
+        goes through. A native-only door (error None: embeddings, transcription) needs one
+        target of its model that serves the operation."""
         gw = self.gw
         try:
             plan = gw.router.resolve(door.model)
         except RelaygateError:
             plan = []
         speaks = [door.name in gw.providers[t.provider].native_doors for t in plan]
-        if not speaks or not all(speaks):
+        if error is None and plan and not any(speaks):
+            gw.accounting.refused("invalid")
+            raise InvalidRequest(
+                f"The model '{door.model}' has no target that serves {door.route}.", param="model"
+            )
+        if error is not None and (not speaks or not all(speaks)):
             gw.accounting.refused("invalid")
             raise error
         chat: dict[str, Any] = {"messages": [{"role": "user", "content": ""}]}
@@ -205,28 +215,60 @@ class Proxy:
         and the door to render it (None: the core's bytes are the answer)."""
         gw, (client, length) = self.gw, who
         raw = await read_body(receive, length, self.limit)
-        body = parse_json(raw)
         cls = route.door
+        # a door that takes forms (the seed routes) reads its body by its content type
+        body = cls.parse_form(raw, content_type(scope)) if cls.takes_forms else parse_json(raw)
         if cls.same_as_core:  # the core's own format (the hot path): no door to make
             call, plan = await gw.begin(
                 body, client=client, route=cls.route, raw_size=len(raw), request_id=rid
             )
             return await self._run(body, call, plan, None), call, None
+        door, chat = self._translate(body, rid, route)
+        call, plan = await gw.begin(
+            chat, client=client, route=door.route, raw_size=len(raw), request_id=rid
+        )
+        result = await self._run_door(scope, door, body, chat, call, plan)
+        return result, call, None if result.native else door
+
+    def _translate(
+        self, body: dict[str, Any], rid: str, route: Route
+    ) -> tuple[Door, dict[str, Any]]:
+        """The door of a request and the chat body the core admits and routes (a stand-in for
+        a body only targets of the door's own format take)."""
+        cls, gw = route.door, self.gw
         door = cls(body, request_id=rid, model=route.model, stream=route.stream)
+        if cls.seed and not door.model:
+            door.model = gw.config.routing.seed_model
         try:
-            chat = door.chat_body()
+            if cls.native_only:  # the door checks its body; admission runs a stand-in
+                door.chat_body()
+                chat = self._stand_in(door, None)
+            else:
+                chat = door.chat_body()
         except Untranslatable as exc:
             chat = self._stand_in(door, exc)
         except InvalidRequest:
             gw.accounting.refused("invalid")
             raise
-        call, plan = await gw.begin(
-            chat, client=client, route=door.route, raw_size=len(raw), request_id=rid
-        )
-        # a target that speaks the door's format gets the body as it came
-        native = NativeBody(door.name, body, door.stream, native_headers(scope, door))
-        result = await self._run(chat, call, plan, native)
-        return result, call, None if result.native else door
+        return door, chat
+
+    async def _run_door(
+        self,
+        scope: Scope,
+        door: Door,
+        body: dict[str, Any],
+        chat: dict[str, Any],
+        call: Call,
+        plan: list[Target],
+    ) -> Completed | StreamStarted:
+        """Run an admitted door's call; a target that speaks the door's format gets the body as
+        it came."""
+        only = type(door).native_only
+        if only:  # only the targets that serve the operation
+            plan = [t for t in plan if door.name in self.gw.providers[t.provider].native_doors]
+        headers = native_headers(scope, door)
+        native = NativeBody(door.name, body, door.stream, headers, only=only)
+        return await self._run(chat, call, plan, native)
 
     async def _run(
         self, chat: dict[str, Any], call: Call, plan: list[Target], native: NativeBody | None

@@ -52,6 +52,14 @@ def apply(record: KeyRecord, event: KeyEvent, now: float, rules: Rules) -> KeyRe
         spent = wait(reset_in, rules.exhausted_default_s, rules.exhausted_cap_s)
         r.state, r.until = "exhausted", now + spent
         r.reason = f"quota exhausted: {event.message[:120]}"
+    elif kind == "bucket_exhausted":  # its bucket's quota: no count, streak or invalid state
+        reset_in = None if event.reset_at is None else event.reset_at - now
+        until = now + wait(reset_in, rules.exhausted_default_s, rules.exhausted_cap_s)
+        if r.state != "invalid" and not (
+            r.state == "exhausted" and r.until is not None and r.until >= until
+        ):
+            r.state, r.until = "exhausted", until
+            r.reason = f"quota exhausted: bucket {event.message[:120]}"
     elif kind == "key_rejected":
         r.state, r.until = "invalid", None
         r.reason = f"rejected by the provider ({event.status})"

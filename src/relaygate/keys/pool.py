@@ -1,102 +1,28 @@
-"""One pool per provider: selection (round robin / least used), proactive per-key limits, and the
-key states of SPEC §4 (ready, cooling, exhausted, invalid) driven by classified failures through
-the transition rules of keys/policy.py. Selection is in memory; with a shared store (Redis) the
-pool also queues what happened as KeyEvents and merges the shared records back (keys/sync.py)."""
+"""One pool per provider (its keys: keys/key_state.py): selection (round robin / least used),
+proactive per-key limits, and the key states of SPEC §4 (ready, cooling, exhausted, invalid)
+driven by classified failures through the transition rules of keys/policy.py; a quota-exhausted
+key parks its bucket. Selection is in memory; with a shared store (Redis) the pool also queues
+what happened as KeyEvents and merges the shared records back (keys/sync.py)."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from relaygate.config.model import KeyLimits, KeySpec, RetryConfig
 from relaygate.keys import policy
-from relaygate.state.records import EventKind, KeyEvent, KeyRecord, KeyStateName, utc_day
+from relaygate.keys.key_state import KeyState, key_id
+from relaygate.state.records import EventKind, KeyEvent, KeyRecord, utc_day
 from relaygate.types import Failure, Usage
+
+__all__ = ["KeyPool", "KeyState", "Lease", "key_id"]  # KeyState, key_id: keys/key_state.py
 
 log = logging.getLogger("relaygate.keys")
 
-State = KeyStateName
-NO_KEY = "nokey"
 MAX_EVENTS = 100_000  # queued for the shared store between two syncs (a sync runs every 0.25 s)
-
-
-def key_id(provider: str, key: str | None, label: str | None = None) -> str:
-    """`<provider>:<first 8 hex of sha256(key)>`, or the configured label."""
-    if label:
-        return label
-    if not key:
-        return f"{provider}:{NO_KEY}"
-    return f"{provider}:{hashlib.sha256(key.encode()).hexdigest()[:8]}"
-
-
-@dataclass(eq=False)
-class KeyState:
-    key_id: str
-    provider: str
-    secret: str | None = field(default=None, repr=False)
-    state: State = "ready"
-    until: float | None = None
-    reason: str | None = None
-    fail_streak: int = 0
-    next_cooldown_s: float = 0.0
-    day: str = ""
-    requests_today: int = 0
-    tokens_today: int = 0
-    requests_total: int = 0
-    tokens_total: int = 0
-    last_429_at: float = 0.0
-    window: deque[tuple[float, int]] = field(default_factory=deque, repr=False)
-    # since the last sync with a shared store: uses and tokens not yet sent, a state change
-    pend_requests: int = 0
-    pend_tokens: int = 0
-    pend_state: bool = False
-
-    def public(self, now: float) -> dict[str, Any]:
-        """The state as anyone may see it: key id only, never the key."""
-        return {
-            "key_id": self.key_id,
-            "provider": self.provider,
-            "state": self.state,
-            "until": self.until,
-            "retry_in_s": round(max(0.0, self.until - now), 1) if self.until else None,
-            "reason": self.reason,
-            "requests_today": self.requests_today,
-            "tokens_today": self.tokens_today,
-            "requests_total": self.requests_total,
-            "tokens_total": self.tokens_total,
-        }
-
-    def record(self) -> KeyRecord:
-        return KeyRecord(
-            self.key_id,
-            self.provider,
-            self.state,
-            self.until,
-            self.reason,
-            self.fail_streak,
-            self.next_cooldown_s,
-            self.day,
-            self.requests_today,
-            self.tokens_today,
-            self.requests_total,
-            self.tokens_total,
-        )
-
-    def load(self, rec: KeyRecord) -> None:
-        self.state, self.until, self.reason = rec.state, rec.until, rec.reason
-        self.fail_streak, self.next_cooldown_s = rec.fail_streak, rec.next_cooldown_s
-        self.day, self.requests_today, self.tokens_today = (
-            rec.day,
-            rec.requests_today,
-            rec.tokens_today,
-        )
-        self.requests_total, self.tokens_total = rec.requests_total, rec.tokens_total
 
 
 class Lease:
@@ -115,6 +41,11 @@ class Lease:
     @property
     def secret(self) -> str | None:
         return self.key.secret
+
+    @property
+    def proxy(self) -> str | None:
+        """The key's own egress proxy, else None (the provider's or the environment's)."""
+        return self.key.proxy
 
     def succeeded(self, usage: Usage | None) -> None:
         self._pool.on_success(self.key, usage)
@@ -144,7 +75,10 @@ class KeyPool:
         self.limits = limits or KeyLimits()
         self.retry = retry or RetryConfig()
         self.clock = clock
-        self.keys = [KeyState(key_id(provider, s.key, s.label), provider, s.key) for s in specs]
+        self.keys = [
+            KeyState(key_id(provider, s.key, s.label), provider, s.key, s.bucket, s.proxy)
+            for s in specs
+        ]
         if not self.keys and not needs_key:
             self.keys = [KeyState(key_id(provider, None), provider, None)]
         self.paused_until = 0.0
@@ -280,11 +214,22 @@ class KeyPool:
             message=failure.message[:120],
         )
         self._apply(key, event)
+        if kind == "quota_exhausted" and key.bucket is not None:
+            self._park_bucket(key)
         if kind == "rate_limited":
             key.last_429_at = self.clock()
             self._check_pool_throttle(
                 key.last_429_at, (key.until or key.last_429_at) - key.last_429_at
             )
+
+    def _park_bucket(self, spent: KeyState) -> None:
+        """The quota of `spent`'s bucket is gone: every other key of it waits as long (SPEC 11a:
+        some providers count a quota per project, not per key)."""
+        message = f"{spent.bucket} (via {spent.key_id})"
+        for key in self.keys:
+            if key is not spent and key.bucket == spent.bucket:
+                event = self._event(key, "bucket_exhausted", reset_at=spent.until, message=message)
+                self._apply(key, event)
 
     def _check_pool_throttle(self, now: float, wait: float) -> None:
         """Every live key 429'd within the window: probably an IP- or org-wide throttle. Pause the

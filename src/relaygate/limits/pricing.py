@@ -1,12 +1,14 @@
 """Prices per token: `pricing:` in the config first, then the maintained genai-prices data (looked
 up once per provider and model, by the provider's API URL, then by the model name alone), then a
-`"*"` entry of `pricing:` if there is one. A model with none of these costs 0 and is logged once."""
+`"*"` entry of `pricing:` if there is one. A model with none of these costs 0 and is logged once.
+Audio priced per second (transcription models, which genai-prices lists at 0 per token) take
+`per_second` from the config, else the published rate in _PER_SECOND."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from relaygate.config.model import PriceConfig
 from relaygate.types import Usage
@@ -16,6 +18,12 @@ _PROBE = 100_000  # tokens per probe: the base tier of tiered prices
 _MTOK = 1_000_000
 _CACHE_MAX = 4096
 _WARN_MAX = 50
+# USD per audio second, as the providers publish them for their transcription models
+_PER_SECOND = {
+    "whisper-1": 0.006 / 60,
+    "whisper-large-v3": 0.111 / 3600,
+    "whisper-large-v3-turbo": 0.04 / 3600,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +32,7 @@ class Rates:
     output: float
     cached_input: float
     source: str  # config | genai-prices | default | unknown
+    per_second: float = 0.0  # USD per audio second
 
     @property
     def known(self) -> bool:
@@ -35,19 +44,22 @@ class Rates:
             (usage.prompt_tokens - cached) * self.input
             + cached * self.cached_input
             + usage.completion_tokens * self.output
+            + (usage.audio_seconds or 0.0) * self.per_second
         )
 
     def worst_case(self, prompt_tokens: int, max_completion_tokens: int) -> float:
         return prompt_tokens * self.input + max_completion_tokens * self.output
 
 
-def _from_config(price: PriceConfig, source: str = "config") -> Rates:
+def _from_config(price: PriceConfig, model: str, source: str = "config") -> Rates:
     cached = price.cached_input_per_mtok
+    per_second = price.per_second
     return Rates(
         input=price.input_per_mtok / _MTOK,
         output=price.output_per_mtok / _MTOK,
         cached_input=(cached if cached is not None else price.input_per_mtok) / _MTOK,
         source=source,
+        per_second=per_second if per_second is not None else _PER_SECOND.get(model, 0.0),
     )
 
 
@@ -91,12 +103,15 @@ class Pricing:
     def _lookup(self, provider: str, model: str, api_url: str | None) -> Rates:
         for name in (f"{provider}/{model}", model):
             if name in self._overrides:
-                return _from_config(self._overrides[name])
+                return _from_config(self._overrides[name], model)
         rates = _from_genai_prices(model, api_url)
+        per_second = _PER_SECOND.get(model)
         if rates is not None:
-            return rates
+            return rates if per_second is None else replace(rates, per_second=per_second)
+        if per_second is not None:
+            return Rates(0.0, 0.0, 0.0, "published", per_second)
         if "*" in self._overrides:
-            return _from_config(self._overrides["*"], "default")
+            return _from_config(self._overrides["*"], model, "default")
         self._unpriced += 1
         if self._unpriced <= _WARN_MAX:  # one line per model, for the first few
             log.warning(

@@ -30,6 +30,7 @@ from relaygate.providers._http_response import (
     UpstreamDisconnected,
     UpstreamProtocolError,
 )
+from relaygate.types import StreamedBody
 
 AddrInfo = tuple[Any, ...]  # as socket.getaddrinfo gives them
 
@@ -71,6 +72,7 @@ class _Target:
 class _Connection(asyncio.Protocol):
     __slots__ = (
         "client",
+        "drained",
         "idle_since",
         "informational",
         "keep",
@@ -80,6 +82,7 @@ class _Connection(asyncio.Protocol):
         "response",
         "target",
         "transport",
+        "write_paused",
     )
 
     def __init__(self, client: UpstreamClient, target: _Target) -> None:
@@ -93,6 +96,8 @@ class _Connection(asyncio.Protocol):
         self.paused = False
         self.informational = False
         self.idle_since = 0.0
+        self.write_paused = False  # the transport's write buffer is full (a streamed body)
+        self.drained: asyncio.Future[None] | None = None
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -111,9 +116,21 @@ class _Connection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         return None  # the transport closes itself; connection_lost settles the answer
 
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.transport = None
+        self._wake_writer()
         resp = self.response
         if resp is not None and not resp.complete:
             if resp.status and resp.ends_at_eof and exc is None:
@@ -199,6 +216,28 @@ class _Connection(asyncio.Protocol):
         self.transport.write(data)
         return resp
 
+    async def write_body(self, resp: Response, body: StreamedBody) -> None:
+        """A streamed body after the head, chunk by chunk, each waiting while the transport's
+        buffer is full (so at most its high-water mark and one chunk are held); stopped when
+        the upstream answers early (its answer is read as usual; the connection is not reused)."""
+        sent = 0
+        async for chunk in body.chunks():
+            if resp._error is not None:
+                raise resp._error
+            if resp.status or self.transport is None:
+                self.keep = False
+                return
+            self.transport.write(chunk)
+            sent += len(chunk)
+            while self.write_paused and not self.lost:
+                self.drained = asyncio.get_running_loop().create_future()
+                try:
+                    await self.drained
+                finally:
+                    self.drained = None
+        if sent != body.length:
+            raise UpstreamProtocolError(f"a streamed body of {sent} bytes, {body.length} declared")
+
     def finish(self, resp: Response) -> None:
         if resp is not self.response:
             return
@@ -246,8 +285,9 @@ class UpstreamClient:
         self.closed = False
 
     async def request(
-        self, method: str, url: str, headers: Mapping[str, str], body: bytes | None
+        self, method: str, url: str, headers: Mapping[str, str], body: bytes | StreamedBody | None
     ) -> Response:
+        """Send a request; `body` as bytes, or streamed (StreamedBody: an upload)."""
         target = self._targets.get((method, url))
         if target is None:
             target = _Target(url, method)
@@ -267,12 +307,19 @@ class UpstreamClient:
             parts.append("Accept: */*\r\n")
         if "accept-encoding" not in names:
             parts.append("Accept-Encoding: gzip, deflate\r\n")
-        payload = body or b""
-        parts.append(f"Content-Length: {len(payload)}\r\n\r\n")
+        streamed: StreamedBody | None = None
+        if body is None or isinstance(body, bytes):
+            payload = body or b""
+            parts.append(f"Content-Length: {len(payload)}\r\n\r\n")
+        else:
+            streamed, payload = body, b""
+            parts.append(f"Content-Length: {body.length}\r\n\r\n")
         data = "".join(parts).encode("utf-8") + payload
         conn = self._idle_connection(target) or await self._connect(target)
         resp = conn.start(data)
         try:
+            if streamed is not None:
+                await conn.write_body(resp, streamed)
             while not resp.status:
                 if resp._error is not None:
                     raise resp._error

@@ -166,9 +166,14 @@ class OpenAIStreamRelay(StreamRelay):
         return usage is not None and not self._include_usage and obj.get("choices") == []
 
 
+# the embeddings doors every OpenAI-compatible upstream serves at {base}/embeddings
+EMBEDDINGS = {"openai_embeddings": "_embed_openai", "gemini_embeddings": "_embed_openai"}
+
+
 class OpenAICompatProvider(Provider):
     """OpenAI Chat Completions; subclasses adjust with tables, not code."""
 
+    native_doors: Mapping[str, str] = EMBEDDINGS
     chat_path: ClassVar[str] = "/chat/completions"
     drop_params: ClassVar[frozenset[str]] = frozenset()
     strip_message_names: ClassVar[bool] = False

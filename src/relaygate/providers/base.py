@@ -78,6 +78,21 @@ class NativeCodec(Protocol):
     def relay(self) -> StreamRelay: ...
 
 
+def codec_answer(
+    codec: NativeCodec, raw: bytes, model: str, native: NativeBody
+) -> tuple[bytes, Usage | None]:
+    """A whole answer through a codec: a codec that translates (an operation the provider
+    speaks in a format of its own, e.g. embeddings) has `answer(raw, model, native) -> (bytes
+    the client gets, usage)`, given the request it answers (what the client asked for shapes
+    the answer: a vector encoding, a single or a batch answer, an estimate of the input); the
+    others pass the upstream's bytes on as they came."""
+    answer = getattr(codec, "answer", None)
+    if answer is None:
+        return raw, codec.parse(raw)
+    out: tuple[bytes, Usage | None] = answer(raw, model, native)
+    return out
+
+
 def native_codec(provider: Provider, door: str) -> NativeCodec | None:
     """The codec that passes `door`'s format through to `provider`, if it speaks it."""
     module = provider.native_doors.get(door)

@@ -101,6 +101,7 @@ class _EchoResponse:
 
 class Provider(OpenAICompatProvider):
     meta = META
+    native_doors: Mapping[str, str] = {}  # chat only: no embeddings in process
 
     def models(self) -> list[str]:
         return [*self.config.models] or ["echo"]

@@ -301,7 +301,11 @@ class _Relay(SSERelay):
 
 class Provider(base.Provider):
     meta = META
-    native_doors = {"gemini_native": "_gemini_native"}
+    native_doors = {
+        "gemini_native": "_gemini_native",
+        "openai_embeddings": "_embed_gemini",
+        "gemini_embeddings": "_embed_gemini",
+    }
 
     def __init__(self, name: str, config: ProviderConfig) -> None:
         super().__init__(name, config)

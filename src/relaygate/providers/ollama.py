@@ -204,6 +204,7 @@ class _Relay(NativeRelay):
 
 class Provider(base.Provider):
     meta = META
+    native_doors = {"openai_embeddings": "_embed_ollama", "gemini_embeddings": "_embed_ollama"}
 
     def __init__(self, name: str, config: ProviderConfig) -> None:
         super().__init__(name, config)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from relaygate.providers._openai_compat import OpenAICompatProvider
+from relaygate.providers._openai_compat import EMBEDDINGS, OpenAICompatProvider
 from relaygate.providers.base import ProviderMeta
 
 if TYPE_CHECKING:
@@ -19,10 +19,12 @@ META = ProviderMeta(
 
 class Provider(OpenAICompatProvider):
     meta = META
+    transcription_model = "whisper-1"  # /upload's model unless routing.audio_model names one
 
     def __init__(self, name: str, config: ProviderConfig) -> None:
         super().__init__(name, config)
         speaks = config.responses_api
         if speaks is None:
             speaks = self.base_url == META.default_base_url
-        self.native_doors = {"openai_responses": "_responses_native"} if speaks else {}
+        responses = {"openai_responses": "_responses_native"} if speaks else {}
+        self.native_doors = {**EMBEDDINGS, **responses, "audio_transcriptions": "_transcribe"}

@@ -29,6 +29,7 @@ from relaygate.providers.base import (
     NativeCodec,
     Provider,
     StreamRelay,
+    codec_answer,
     native_codec,
 )
 from relaygate.routing.deadlines import Watchdog
@@ -48,6 +49,7 @@ class Completed:
     key_id: str
     attempts: int
     native: bool = False
+    content_type: str | None = None  # a native answer's, as the upstream sent it
 
 
 @dataclass(slots=True)
@@ -190,6 +192,8 @@ class AttemptLoop:
         try:
             if codec is not None and native is not None:
                 request = codec.build(provider, native, target.model, lease.secret)
+            elif native is not None and native.only:
+                raise InvalidRequest(f"{target.provider} does not serve this operation.")
             else:
                 request = provider.build_request(
                     body, model=target.model, key=lease.secret, stream=stream
@@ -212,12 +216,15 @@ class AttemptLoop:
                     return provider.classify_error(response.status, response.headers, raw)
                 if not stream:
                     raw = await response.read(MAX_UPSTREAM_BODY)
-                    if codec is not None:
-                        out, usage = raw, codec.parse(raw)
+                    if codec is not None and native is not None:
+                        out, usage = codec_answer(codec, raw, target.model, native)
                     else:
                         out, usage = provider.parse_response(raw, model=target.model)
                     lease.succeeded(usage)
-                    return Completed(out, usage, target, lease.key_id, 0, codec is not None)
+                    done = Completed(out, usage, target, lease.key_id, 0, codec is not None)
+                    if codec is not None:
+                        done.content_type = response.headers.get("content-type")
+                    return done
                 started = await self._first_output(
                     provider, lease, target, response, include_usage, codec
                 )

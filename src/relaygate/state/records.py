@@ -16,6 +16,7 @@ EventKind = Literal[
     "success",  # tokens counted, the failure streak cleared
     "rate_limited",
     "quota_exhausted",
+    "bucket_exhausted",  # another key of its quota bucket was exhausted: parked as long
     "key_rejected",
     "server",
     "timeout",

@@ -194,16 +194,21 @@ function renderProviders() {
     }
     box.appendChild(bar);
     const table = el("table", "table compact");
-    table.appendChild(row(["Key", "State", "Back in", r("Requests"), r("Tokens"), "Reason"], true));
+    const buckets = p.keys.some((k) => k.bucket);
+    const heads = ["Key", "State", "Back in", r("Requests"), r("Tokens"), "Reason"];
+    if (buckets) heads.splice(1, 0, "Bucket");
+    table.appendChild(row(heads, true));
     for (const k of p.keys) {
-      const tr = row([
+      const cells = [
         { node: el("code", "", k.key_id) },
         { node: el("span", "pill " + k.state, k.state) },
         { node: el("span", "countdown", backIn(k)) },
         r(fmtInt(k.requests_today)),
         r(fmtCompact(k.tokens_today)),
         { node: el("div", "reason", k.reason || "") },
-      ]);
+      ];
+      if (buckets) cells.splice(1, 0, { node: el("span", "bucket muted", k.bucket || "") });
+      const tr = row(cells);
       tr.dataset.keyId = k.key_id;
       tr.dataset.state = k.state;
       if (k.until) tr.querySelector(".countdown").dataset.until = String(k.until);

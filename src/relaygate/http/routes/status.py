@@ -48,7 +48,16 @@ _PAGE_HEADERS = {
     "cache-control": "no-cache",
 }
 CACHE_S = 1.0  # /status.json is open: the database answers it at most once a second
-_KEY_FIELDS = ("key_id", "state", "until", "retry_in_s", "reason", "requests_today", "tokens_today")
+_KEY_FIELDS = (
+    "key_id",
+    "bucket",
+    "state",
+    "until",
+    "retry_in_s",
+    "reason",
+    "requests_today",
+    "tokens_today",
+)
 
 
 @functools.cache  # a few small files of the installed package, read once

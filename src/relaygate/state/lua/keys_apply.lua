@@ -99,6 +99,16 @@ local function apply(r, kind, tokens, status, retry_after, reset_at, message, co
     local spent = wait(reset_in, rules.exhausted_default, rules.exhausted_cap)
     r.state, r.till = 'exhausted', now + spent
     r.reason = 'quota exhausted: ' .. message
+  elseif kind == 'bucket_exhausted' then
+    local reset_in = nil
+    if reset_at ~= nil then
+      reset_in = reset_at - now
+    end
+    local till = now + wait(reset_in, rules.exhausted_default, rules.exhausted_cap)
+    if r.state ~= 'invalid' and not (r.state == 'exhausted' and r.till ~= nil and r.till >= till) then
+      r.state, r.till = 'exhausted', till
+      r.reason = 'quota exhausted: bucket ' .. message
+    end
   elseif kind == 'key_rejected' then
     r.state, r.till = 'invalid', nil
     r.reason = 'rejected by the provider (' .. status .. ')'

@@ -1,0 +1,152 @@
+"""The HTTP/2 transport (`transport: {http2: true}`): httpx with h2, one client per proxy (the
+provider's or the environment's, and each key's own), TLS as the provider configured it, ALPN
+choosing h2 where the upstream offers it (HTTP/1.1 otherwise). Bounds as the library transport's:
+a pool of `max_connections_per_host` connections with a wait bounded by the connect timeout,
+idle connections closed after `keepalive_s`, bodies decoded under the cap (_decode.py), the head
+bounded by h2's header-list limit (64 KiB) and `max_header_count`. SOCKS is not offered here."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+
+import httpx
+
+from relaygate.transport._decode import BoundedDecoder
+from relaygate.transport.base import NO_OPTIONS, Body, RequestOptions
+from relaygate.transport.errors import (
+    BodyTooLarge,
+    ConnectTimeout,
+    HeadersTooLarge,
+    ProxyError,
+    TransportError,
+)
+from relaygate.transport.options import TransportOptions, warn_unverified
+
+MAX_CLIENTS = 256  # one per proxy; as many as the config names
+
+
+class Http2Response:
+    __slots__ = ("_closing", "_decoder", "_resp", "http_version", "status")
+
+    def __init__(self, resp: httpx.Response, max_body_bytes: int) -> None:
+        self._resp = resp
+        self.status = resp.status_code
+        self.http_version = resp.http_version
+        self._decoder = BoundedDecoder(resp.headers.get("content-encoding", ""), max_body_bytes)
+        self._closing: asyncio.Task[None] | None = None
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._resp.headers
+
+    async def read(self, limit: int) -> bytes:
+        self._decoder.limit = min(self._decoder.limit, limit)
+        return b"".join([piece async for piece in self.iter_chunks()])
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        decoder = self._decoder
+        try:
+            async for data in self._resp.aiter_raw():
+                out = decoder.feed(data)
+                if out:
+                    yield out
+            tail = decoder.end()
+        except BodyTooLarge:
+            self.close()
+            raise
+        except httpx.TimeoutException:
+            raise TimeoutError("the upstream went silent") from None
+        except httpx.TransportError as exc:
+            raise ConnectionResetError(f"the stream broke: {type(exc).__name__}") from None
+        if tail:
+            yield tail
+
+    def close(self) -> None:
+        if self._closing is None and not self._resp.is_closed:
+            self._closing = asyncio.get_running_loop().create_task(self._resp.aclose())
+
+
+class Http2Transport:
+    def __init__(self, options: TransportOptions) -> None:
+        self.options = options
+        self._ssl = options.ssl_context()
+        self._clients: dict[str | None, httpx.AsyncClient] = {}
+        self.closed = False
+        warn_unverified(options)
+
+    def _client(self, proxy: str | None) -> httpx.AsyncClient:
+        client = self._clients.get(proxy)
+        if client is None:
+            if self.closed:
+                raise RuntimeError("the transport is closed")
+            if len(self._clients) > MAX_CLIENTS:
+                raise ProxyError("too many different proxies")
+            o = self.options
+            client = self._clients[proxy] = httpx.AsyncClient(
+                http2=True,
+                verify=self._ssl,
+                proxy=proxy,
+                trust_env=proxy is None,  # HTTPS_PROXY, ALL_PROXY, NO_PROXY (httpx reads them)
+                limits=httpx.Limits(
+                    max_connections=o.max_connections_per_host,
+                    max_keepalive_connections=o.max_connections_per_host,
+                    keepalive_expiry=o.keepalive_s,
+                ),
+                timeout=httpx.Timeout(None, connect=o.connect_timeout_s, pool=o.connect_timeout_s),
+                follow_redirects=False,
+            )
+        return client
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: Body,
+        options: RequestOptions = NO_OPTIONS,
+    ) -> Http2Response:
+        proxy = options.proxy or self.options.proxy
+        if proxy and proxy.startswith("socks"):
+            raise ProxyError("SOCKS proxies are served by the HTTP/1.1 library transport only")
+        client = self._client(proxy)
+        sent = dict(headers)
+        if not any(name.lower() == "accept-encoding" for name in sent):
+            sent["Accept-Encoding"] = "gzip, deflate"
+        timeout = httpx.Timeout(
+            None,
+            connect=self.options.connect_timeout_s,
+            pool=self.options.connect_timeout_s,
+            read=options.read_timeout_s,
+        )
+        request = client.build_request(method, url, headers=sent, content=body, timeout=timeout)
+        try:
+            resp = await client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise _mapped(exc) from None
+        if len(resp.headers) > self.options.max_header_count:
+            await resp.aclose()
+            raise HeadersTooLarge("the upstream's answer head is past the header bounds")
+        return Http2Response(resp, self.options.max_body_bytes)
+
+    async def aclose(self) -> None:
+        self.closed = True
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()
+
+
+def _mapped(exc: httpx.HTTPError) -> BaseException:
+    if isinstance(exc, httpx.ProxyError):
+        return ProxyError("the proxy refused the connection")
+    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+        return ConnectTimeout("no connection to the upstream within the connect timeout")
+    if isinstance(exc, httpx.TimeoutException):
+        return TimeoutError("the upstream went silent")
+    if isinstance(exc, httpx.ConnectError):
+        return ConnectionRefusedError("could not connect to the upstream")
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return ConnectionResetError("the upstream broke the protocol or closed the connection")
+    if isinstance(exc, httpx.TransportError):
+        return ConnectionError(f"the upstream call failed: {type(exc).__name__}")
+    return TransportError(f"the upstream call failed: {type(exc).__name__}")
