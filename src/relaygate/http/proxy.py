@@ -10,7 +10,6 @@ get the core's answer parsed and rendered, and its stream parsed event by event.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +19,7 @@ from starlette.types import Receive, Scope, Send
 from relaygate.accounting import Call, new_request_id
 from relaygate.auth.clients import ClientInfo
 from relaygate.errors import InvalidRequest, RelaygateError, Unauthorized
-from relaygate.formats.base import Door, DoorStream, Untranslatable
+from relaygate.formats.base import Door, Untranslatable
 from relaygate.gateway import Gateway
 from relaygate.http._asgi import (
     JSON,
@@ -34,11 +33,11 @@ from relaygate.http._asgi import (
     relay_stream,
 )
 from relaygate.http._common import WATCHED, cancelled_by_us, internal_error, parse_json
+from relaygate.http._door_relay import DoorRelay
 from relaygate.http.doors import Route
 from relaygate.http.headers import extract_key, limit_headers
 from relaygate.http.uploads import content_type, serve_upload
 from relaygate.inflight import SHUTTING_DOWN
-from relaygate.providers._sse import parse_event
 from relaygate.routing.attempts import Completed, StreamStarted
 from relaygate.routing.native_count import native_count
 from relaygate.types import NativeBody, Target
@@ -46,13 +45,6 @@ from relaygate.types import NativeBody, Target
 if TYPE_CHECKING:
     from relaygate.http.cached import CachedPath
 
-# the common chunk, answer text alone for choice 0, as OpenAI-compatible upstreams and the
-# native relays write it (compact JSON): found with a plain search, its text's JSON literal
-# handed to the door as it is (DoorStream.text_literal), no parse, no dump
-_TEXT_HEAD = b'"choices":[{"index":0,"delta":{"content":'
-_TEXT_REST = re.compile(
-    rb'("[^"\\]*(?:\\.[^"\\]*)*")\}(?:,"logprobs":null)?,"finish_reason":null\}\]'
-)
 _SSE_TAIL = ((b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no"))
 _KEY_HEADERS = {b"authorization": "authorization", b"x-api-key": "x-api-key"}
 
@@ -324,61 +316,6 @@ class Proxy:
 
 def door_body(door: Door, core: bytes) -> bytes:
     return door.render(orjson.loads(core))
-
-
-class DoorRelay:
-    """The core's SSE bytes -> a door's events, called on each piece the core relays (no
-    generator of its own): each chunk fed to the door's stream (a chunk of answer text alone
-    found with one search and one match, its JSON literal handed on as it is); the core's error
-    event becomes the door's failure, [DONE] its end. The core frames every event as `data:`
-    lines ending in a blank line, LF only."""
-
-    __slots__ = ("_done", "_out", "_rest")
-
-    def __init__(self, out: DoorStream) -> None:
-        self._out = out
-        self._rest = b""
-        self._done = False
-
-    def feed(self, data: bytes) -> bytes:
-        blocks = (self._rest + data if self._rest else data).split(b"\n\n")
-        self._rest = blocks.pop()
-        out, literal, parts = self._out, self._out.text_literal, []
-        for block in blocks:
-            if self._done:
-                break
-            at = block.find(_TEXT_HEAD)  # the common chunk first, in the fewest steps
-            if at != -1:
-                text = _TEXT_REST.match(block, at + len(_TEXT_HEAD))
-                if text is not None and block.find(b'"usage":{', text.end()) == -1:
-                    fast = literal(text.group(1))
-                    if fast is not None:
-                        parts.append(fast)
-                        continue
-            if block.startswith(b"data: ") and b"\n" not in block:
-                payload: bytes | None = block[6:]
-            else:
-                _, payload = parse_event(block)
-            if payload is None:
-                continue
-            if payload.startswith(b"[DONE]"):
-                parts.append(out.end())
-                self._done = True
-                continue
-            obj = orjson.loads(payload)
-            if len(obj) == 1 and "error" in obj:
-                parts.append(out.fail(obj["error"]))
-                self._done = True
-            else:
-                parts.append(out.feed(obj))
-        return b"".join(parts)
-
-    def finish(self) -> bytes:
-        """The stream's end when the core's ended without [DONE] or an error event."""
-        if self._done:
-            return b""
-        self._done = True
-        return self._out.end()
 
 
 def answer_headers(result: Completed | StreamStarted, call: Call) -> dict[str, str]:
