@@ -118,6 +118,10 @@ def _apply_provider_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
 
     providers: dict[str, Any] = data.setdefault("providers", {})
     routing: dict[str, Any] = data.setdefault("routing", {})
+    for alias, name in registry.aliases().items():  # `google:` in YAML is the gemini provider
+        if isinstance(providers.get(alias), dict) and not providers[alias].get("type"):
+            if name not in providers:
+                providers[name] = providers.pop(alias)
     names = set(providers) | set(registry.builtin_names())
     for name in sorted(names):
         meta = registry.module_meta(registry.module_for(name, providers.get(name, {}).get("type")))
@@ -145,6 +149,7 @@ def _apply_provider_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
             routing.setdefault("default_models", {})[name] = model
     if env.get("PROVIDERS_PRIORITY"):
         routing["priority"] = env["PROVIDERS_PRIORITY"]
+        routing["priority_source"] = "PROVIDERS_PRIORITY"
 
 
 def _read_keys_file(path: Path) -> list[tuple[int, str]]:
@@ -234,8 +239,22 @@ def load_config(
         _merge(data, overrides)
     config = _validate(data, f"{where} + environment" if file is not None else "environment")
     _check_types(config, where)
+    _check_priority(config, where)
     config.source = where
     return config
+
+
+def _check_priority(config: Config, where: str) -> None:
+    """Every name in the priority chain is a provider (configured, built in, or an alias of
+    one): a typo stops start-up instead of silently shortening the chain."""
+    from relaygate.providers import registry
+
+    known = set(config.providers) | set(registry.builtin_names()) | set(registry.aliases())
+    for name in config.routing.priority:
+        if name not in known:
+            source = config.routing.priority_source or f"{where}: routing.priority"
+            listed = ", ".join(sorted(known))
+            raise ConfigError(f"{source}: unknown provider {name!r} (known: {listed})")
 
 
 def _check_types(config: Config, where: str) -> None:

@@ -74,6 +74,8 @@ class RoutingConfig(_Model):
     default_models: dict[str, str] = Field(default_factory=dict)
     aliases: dict[str, str] = Field(default_factory=dict)
     groups: dict[str, list[str]] = Field(default_factory=dict)
+    # where `priority` was read when it was not the YAML file (named in error messages)
+    priority_source: str | None = Field(default=None, exclude=True)
 
 
 class RetryConfig(_Model):

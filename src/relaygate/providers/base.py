@@ -31,6 +31,7 @@ class ProviderMeta:
     kind: str
     default_base_url: str | None = None
     env_aliases: tuple[str, ...] = ()
+    name_aliases: tuple[str, ...] = ()  # other names of the provider (routing, priority, config)
     model_prefixes: tuple[str, ...] = ()
     needs_key: bool = True
 
@@ -117,6 +118,28 @@ class Provider(ABC):
         self, body: dict[str, Any], *, model: str, key: str | None, stream: bool
     ) -> UpstreamRequest: ...
 
+    def upstream_request(
+        self, body: dict[str, Any], *, model: str, key: str | None, stream: bool
+    ) -> UpstreamRequest:
+        """`build_request`, with the body's `extra_body` (provider-specific parameters, as the
+        OpenAI SDKs send them) merged into what goes upstream instead of sent as a field."""
+        extra = body.get("extra_body")
+        if extra is None:
+            return self.build_request(body, model=model, key=key, stream=stream)
+        plain = {k: v for k, v in body.items() if k != "extra_body"}
+        request = self.build_request(plain, model=model, key=key, stream=stream)
+        if not isinstance(extra, dict) or not extra:
+            return request
+        if request.json is not None:
+            request.json = merge_extra(request.json, extra)
+        elif request.body:
+            import orjson
+
+            sent = orjson.loads(request.body)
+            if isinstance(sent, dict):
+                request.body = orjson.dumps(merge_extra(sent, extra))
+        return request
+
     def check_request(self, key: str | None, model: str) -> UpstreamRequest:
         """A cheap call that shows whether the upstream accepts a key: a one-token chat."""
         body = {"messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
@@ -145,6 +168,19 @@ class Provider(ABC):
 
 
 # --- helpers shared by provider modules -------------------------------------------------------
+
+
+def merge_extra(body: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """`extra` laid over `body`: objects merge key by key, anything else replaces."""
+    out = dict(body)
+    for key, value in extra.items():
+        current = out.get(key)
+        if isinstance(value, Mapping) and isinstance(current, dict):
+            out[key] = merge_extra(current, value)
+        else:
+            out[key] = value
+    return out
+
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _TRY_AGAIN = re.compile(r"try again in ((?:\d+(?:\.\d+)?(?:ms|h|m|s))+)", re.IGNORECASE)

@@ -39,6 +39,7 @@ META = ProviderMeta(
     kind="gemini",
     default_base_url="https://generativelanguage.googleapis.com/v1beta",
     env_aliases=("GOOGLE",),
+    name_aliases=("google",),
     model_prefixes=("gemini-", "gemma-"),
 )
 NAME = "Gemini"

@@ -191,7 +191,7 @@ class AttemptLoop:
             if codec is not None and native is not None:
                 request = codec.build(provider, native, target.model, lease.secret)
             else:
-                request = provider.build_request(
+                request = provider.upstream_request(
                     body, model=target.model, key=lease.secret, stream=stream
                 )
         except InvalidRequest as exc:
