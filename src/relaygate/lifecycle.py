@@ -69,6 +69,8 @@ class Lifecycle:
             except (StateUnavailable, TimeoutError) as exc:
                 log.warning("start-up: the state store did not answer (%s)", type(exc).__name__)
         self._tasks.append(asyncio.create_task(self._background()))
+        if gw.discovery.every_s > 0:
+            self._tasks.append(asyncio.create_task(gw.discovery.run()))
         if gw.state.shared is not None:
             self._tasks.append(asyncio.create_task(gw.keysync.run()))
         if gw.persist:

@@ -74,6 +74,8 @@ class RoutingConfig(_Model):
     default_models: dict[str, str] = Field(default_factory=dict)
     aliases: dict[str, str] = Field(default_factory=dict)
     groups: dict[str, list[str]] = Field(default_factory=dict)
+    # each provider's model list, read in the background at start and every so often (0: never)
+    discover_every_s: float = Field(default=300.0, ge=0)
     # where `priority` was read when it was not the YAML file (named in error messages)
     priority_source: str | None = Field(default=None, exclude=True)
 

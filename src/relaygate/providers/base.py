@@ -140,6 +140,14 @@ class Provider(ABC):
                 request.body = orjson.dumps(merge_extra(sent, extra))
         return request
 
+    def models_request(self, key: str | None) -> UpstreamRequest | None:
+        """The upstream's model list (None: it has none to ask); answered with `parse_models`."""
+        return None
+
+    def parse_models(self, body: bytes) -> list[str]:
+        """Model ids from an OpenAI-shaped list `{"data": [{"id": ...}]}`; tolerant."""
+        return listed_ids(body, "data", "id")
+
     def check_request(self, key: str | None, model: str) -> UpstreamRequest:
         """A cheap call that shows whether the upstream accepts a key: a one-token chat."""
         body = {"messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
@@ -168,6 +176,24 @@ class Provider(ABC):
 
 
 # --- helpers shared by provider modules -------------------------------------------------------
+
+
+def listed_ids(body: bytes, field: str, name: str) -> list[str]:
+    """`body[field][*][name]` as strings, skipping anything of another shape."""
+    import orjson
+
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return []
+    items = obj.get(field) if isinstance(obj, dict) else None
+    if not isinstance(items, list):
+        return []
+    return [
+        str(item[name])
+        for item in items
+        if isinstance(item, dict) and isinstance(item.get(name), str) and item[name]
+    ]
 
 
 def merge_extra(body: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:

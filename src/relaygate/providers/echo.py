@@ -105,6 +105,9 @@ class Provider(OpenAICompatProvider):
     def models(self) -> list[str]:
         return [*self.config.models] or ["echo"]
 
+    def models_request(self, key: str | None) -> UpstreamRequest | None:
+        return None  # nothing upstream to ask
+
     def build_request(
         self, body: dict[str, Any], *, model: str, key: str | None, stream: bool
     ) -> UpstreamRequest:
