@@ -151,7 +151,9 @@ def test_google_is_another_name_of_gemini(tmp_path, fakes, serve):
     ]
     assert groq.calls() == []
     yaml_config = tmp_path / "relaygate.yaml"
-    yaml_config.write_text(f"providers:\n  google:\n    keys: [g-key-2]\n    base_url: {gemini.base}\n")
+    yaml_config.write_text(
+        f"providers:\n  google:\n    keys: [g-key-2]\n    base_url: {gemini.base}\n"
+    )
     assert list(load_config(environ={}, cwd=tmp_path).providers) == ["gemini"]
 
 

@@ -29,10 +29,10 @@ def listing_key(pool: KeyPool, needs_key: bool) -> tuple[bool, str | None]:
     that is not invalid; a provider that needs none asks without one when it has none."""
     usable = [k for k in pool.keys if k.state != "invalid" and k.secret]
     ready = [k for k in usable if k.state == "ready"]
-    chosen = (ready or usable or [None])[0]
-    if chosen is None:
+    chosen = ready or usable
+    if not chosen:
         return not needs_key, None
-    return True, chosen.secret
+    return True, chosen[0].secret
 
 
 async def list_models(

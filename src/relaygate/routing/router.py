@@ -14,7 +14,9 @@ from relaygate.providers.base import Provider
 from relaygate.types import Target
 
 _MAX_DEPTH = 8
-_MAX_CACHED = 4096  # resolved names kept; the table starts afresh when full (names are the client's)
+_MAX_CACHED = (
+    4096  # resolved names kept; the table starts afresh when full (names are the client's)
+)
 WILDCARD = "*"  # `aliases: {"*": target}`: where any name nothing else knows goes
 
 
