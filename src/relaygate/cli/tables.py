@@ -16,9 +16,8 @@ def show(
     console: Console, title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]
 ) -> None:
     if not console.is_terminal:
-        console.print(f"# {title}", markup=False, highlight=False, soft_wrap=True)
-        for line in (columns, *rows):
-            console.print("\t".join(line), markup=False, highlight=False, soft_wrap=True)
+        lines = [f"# {title}", *("\t".join(line) for line in (columns, *rows))]
+        console.file.write("\n".join(lines) + "\n")  # as is: rich would expand the tabs
         return
     widths = [max(len(str(c)) for c in col) for col in zip(columns, *rows, strict=True)]
     if sum(widths) + 3 * len(columns) + 1 <= console.width:

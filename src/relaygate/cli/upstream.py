@@ -121,5 +121,5 @@ def run_check(config: Config) -> int:
     columns = ("provider", "key id", "result", "status", "latency ms", "state")
     show(console, "upstream keys", columns, rows)
     bad = sum(1 for r in results if not r.result.startswith(ANSWERED))
-    console.print(f"{len(results) - bad} of {len(results)} keys answered")
+    console.print(f"{len(results) - bad} of {len(results)} keys answered ok")
     return 1 if bad else 0

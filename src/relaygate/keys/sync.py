@@ -63,25 +63,23 @@ class KeySync:
             return
         records = await self.durable.load()
         for pool in self.pools.values():
-            pending = {k.key_id for k in pool.dirty}
-            changed = [
-                r
-                for r in records
-                if r.provider == pool.provider
-                and r.key_id not in pending
-                and self._seen.get(r.key_id, _state_of(r)) != _state_of(r)
-            ]
-            for rec in changed:
-                key = pool.find(rec.key_id)
-                if key is not None:
-                    key.state, key.until, key.reason = rec.state, rec.until, rec.reason
-                    key.fail_streak, key.next_cooldown_s = rec.fail_streak, rec.next_cooldown_s
-                    log.info("key %s is %s (set by another process)", key.key_id, rec.state)
+            for rec in records:
+                key = pool.find(rec.key_id) if rec.provider == pool.provider else None
+                if key is None:
+                    continue
+                base = self._seen.get(rec.key_id, _FRESH)
+                if _state_of(rec) == base or _state_of(key.record()) != base:
+                    continue  # nobody else changed it, or this process did (its write wins)
+                key.state, key.until, key.reason = rec.state, rec.until, rec.reason
+                key.fail_streak, key.next_cooldown_s = rec.fail_streak, rec.next_cooldown_s
+                log.info("key %s is %s (set by another process)", key.key_id, rec.state)
         self._seen.update({r.key_id: _state_of(r) for r in records})
 
     async def flush(self) -> None:
         """Changed keys as snapshots into the durable store (kept for the next flush when the
         write fails)."""
+        if self.shared is None:  # what another process wrote first, else this write hides it
+            await self.adopt()
         taken = [(pool, pool.take_dirty()) for pool in self.pools.values()]
         rows = [row for _, part in taken for row in part]
         if not rows:
@@ -137,6 +135,9 @@ class KeySync:
 
     def snapshot(self) -> list[KeyRecord]:
         return [k.record() for pool in self.pools.values() for k in pool.keys]
+
+
+_FRESH = ("ready", None, None)
 
 
 def _state_of(record: KeyRecord) -> tuple[Any, ...]:
