@@ -322,3 +322,25 @@ def test_echo_answers_with_the_name_the_client_sent(tmp_path, serve):
         )
     )
     assert {c.model for c in chunks} == {"echo/hello"}
+
+
+def test_a_tiny_budget_is_shown_with_true_digits(live_gateway, fake_openai):
+    from tests.conftest import openai_provider
+
+    pricing = {"up/gpt-4o-mini": {"input_per_mtok": 1, "output_per_mtok": 1}}
+    gw = live_gateway(
+        {
+            "providers": {"up": openai_provider(fake_openai, ["sk-up"])},
+            "clients": [{"name": "tiny", "key": CLIENT_KEY, "monthly_budget_usd": 0.000012}],
+            "pricing": pricing,
+        }
+    )
+    answer = httpx.post(
+        gw.v1 + "/chat/completions",
+        headers=gw.headers(),
+        json={"model": "up/gpt-4o-mini", "messages": MSG, "max_tokens": 100},
+    )
+    assert answer.status_code == 429
+    message = answer.json()["error"]["message"]
+    assert "$0.000012 reached" in message and "$0.00 " not in message
+    assert "may cost up to $0.0001" in message
