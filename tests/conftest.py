@@ -49,6 +49,10 @@ def fake_openai() -> Iterator[FakeOpenAI]:
 def build_config(data: dict[str, Any], db_path: Path, *, with_client: bool = True) -> Config:
     payload = dict(data)
     payload.setdefault("database_url", f"sqlite:///{db_path}")
+    # no background model listing unless a test asks for it: fakes that count connections, or
+    # never answer, see only the requests the test makes
+    routing = payload["routing"] = dict(payload.get("routing") or {})
+    routing.setdefault("discover_every_s", 0)
     if with_client:
         payload.setdefault("clients", [{"name": "tests", "key": CLIENT_KEY}])
     return Config.model_validate(payload)

@@ -17,7 +17,7 @@ from relaygate.chat_fields import output_tokens
 from relaygate.config.model import Config
 from relaygate.errors import BudgetExceeded, ModelNotAllowed, RateLimitExceeded, RelaygateError
 from relaygate.keys.pool import KeyPool
-from relaygate.limits.pricing import Pricing, Rates
+from relaygate.limits.pricing import Pricing, Rates, usd
 from relaygate.providers.base import Provider
 from relaygate.state.protocols import Admissions, LedgerStore
 from relaygate.state.records import Admission, AdmitRequest
@@ -139,9 +139,9 @@ class Accounting:
         if admission.refused == "budget":
             self.refused("budget")
             error: RelaygateError = BudgetExceeded(
-                f"Monthly budget of ${budget or 0:.2f} reached for this key "
-                f"(${admission.budget_left_usd:.6f} left, this request may cost up to "
-                f"${worst:.6f})."
+                f"Monthly budget of {usd(budget or 0)} reached for this key "
+                f"({usd(admission.budget_left_usd)} left, this request may cost up to "
+                f"{usd(worst)})."
             )
             error.admission = admission
             raise error

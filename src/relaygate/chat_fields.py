@@ -31,6 +31,7 @@ _TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "logit_bias": ((dict,), "an object"),
     "metadata": ((dict,), "an object"),
     "user": ((str,), "a string"),
+    "extra_body": ((dict,), "an object"),  # merged into the upstream body (providers/base.py)
 }
 COUNTS = ("max_tokens", "max_completion_tokens", "n")
 

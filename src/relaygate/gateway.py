@@ -35,6 +35,7 @@ from relaygate.providers._sse import EventTooLarge, SSEBuffer, parse_event
 from relaygate.providers.base import Provider
 from relaygate.routing.attempts import AttemptLoop, Completed, StreamStarted
 from relaygate.routing.deadlines import Watchdog
+from relaygate.routing.discovery import Discovery
 from relaygate.routing.router import Router
 from relaygate.state import State
 from relaygate.state.protocols import LedgerStore
@@ -77,6 +78,13 @@ class Gateway:
             for name, p in self.providers.items()
         }
         self.router = Router(self.config.routing, self.providers)
+        self.discovery = Discovery(
+            self.providers,
+            self.pools,
+            self.router,
+            self.upstream,
+            every_s=self.config.routing.discover_every_s,
+        )
         self.persist = persist  # False: state in memory only (the library's throwaway gateway)
         self.state: State = open_gateway_state(self.config, persist)
         self.keysync = KeySync(self.pools, self.state.keys, self.state.shared)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("relaygate.gateway")
 FLUSH_EVERY_S = 1.0
+ADOPT_EVERY_S = 0.5
 PRUNE_EVERY_S = 3600.0
 STARTUP_READ_S = 5.0  # each start-up read from the state store, and each shutdown write
 
@@ -70,8 +71,14 @@ class Lifecycle:
             except (StateUnavailable, TimeoutError) as exc:
                 log.warning("start-up: the state store did not answer (%s)", type(exc).__name__)
         self._tasks.append(asyncio.create_task(self._background()))
+        if gw.config.keys_file:
+            self._tasks.append(asyncio.create_task(gw.clients.watch_keys_file()))
+        if gw.discovery.every_s > 0:
+            self._tasks.append(asyncio.create_task(gw.discovery.run()))
         if gw.state.shared is not None:
             self._tasks.append(asyncio.create_task(gw.keysync.run()))
+        else:
+            self._tasks.append(asyncio.create_task(self._adopt()))
         if gw.persist:
             self._tasks.append(asyncio.create_task(gw.accounting.ledger.run()))
             self._tasks.extend(gw.accounting.reports.start(gw))
@@ -96,6 +103,16 @@ class Lifecycle:
                     await gw.state.ledger.prune(cutoff)
             except Exception as exc:  # noqa: BLE001 (a background loop logs and goes on)
                 log.warning("background flush failed: %s", type(exc).__name__)
+
+    async def _adopt(self) -> None:
+        """Key states another process wrote (`relaygate upstream check`), taken over within
+        a second."""
+        while True:
+            await asyncio.sleep(ADOPT_EVERY_S)
+            try:
+                await self.gw.keysync.adopt()
+            except Exception as exc:  # noqa: BLE001 (a background loop logs and goes on)
+                log.debug("key states not re-read: %s", type(exc).__name__)
 
     async def stop(self) -> None:
         """The background work stopped, what is pending written (bounded), the state closed."""

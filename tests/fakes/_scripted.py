@@ -33,6 +33,11 @@ class Scripted(Generic[R]):
         self._scripts: dict[str | None, deque[R]] = {}
         self.default = default
         self.requests: list[Recorded] = []
+        # the model list (GET .../models, /api/tags): what it lists, the key of every listing,
+        # and the keys it refuses there
+        self.listed_models: list[str] = []
+        self.listings: list[str | None] = []
+        self.bad_keys: set[str] = set()
         self._lock = threading.Lock()
         self._server = AiohttpServer(self._app)
 

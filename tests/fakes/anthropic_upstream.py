@@ -58,7 +58,24 @@ class FakeAnthropic(FakeUpstream):
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/messages", self._messages)
         app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
+        app.router.add_get("/v1/models", self._models)
         return app
+
+    async def _models(self, request: web.Request) -> web.Response:
+        """`GET /v1/models`: `{"data": [{"type": "model", "id", ...}], "has_more", ...}`."""
+        key = request.headers.get("x-api-key")
+        with self._lock:
+            self.listings.append(key)
+        if not key or key in self.bad_keys:
+            return _error(401, errors.invalid_key())
+        data = [
+            {"type": "model", "id": m, "display_name": m, "created_at": "2025-09-29T00:00:00Z"}
+            for m in self.listed_models
+        ]
+        first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
+        return web.json_response(
+            {"data": data, "has_more": False, "first_id": first, "last_id": last}
+        )
 
     async def _begin(self, request: web.Request) -> tuple[str | None, Any, web.Response | None]:
         """The key and body of a request, recorded; the refusal of a missing key or version."""

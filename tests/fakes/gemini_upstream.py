@@ -50,7 +50,31 @@ class FakeGemini(FakeUpstream):
     def _app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1beta/models/{target}", self._generate)
+        app.router.add_get("/v1beta/models", self._models)
         return app
+
+    async def _models(self, request: web.Request) -> web.Response:
+        """`GET /v1beta/models` (protocols.md §4.1): names with `models/`, and their methods."""
+        key = request.headers.get("x-goog-api-key") or request.query.get("key")
+        with self._lock:
+            self.listings.append(key)
+        if not key:
+            return _error(403, errors.unregistered())
+        if key in self.bad_keys:
+            return _error(400, errors.invalid_key())
+        models = [
+            {
+                "name": f"models/{m}",
+                "version": "001",
+                "displayName": m,
+                "supportedGenerationMethods": ["generateContent", "countTokens"],
+            }
+            for m in self.listed_models
+        ]
+        models.append(
+            {"name": "models/text-embedding-004", "supportedGenerationMethods": ["embedContent"]}
+        )
+        return web.json_response({"models": models})
 
     async def _generate(self, request: web.Request) -> web.StreamResponse:
         key = request.headers.get("x-goog-api-key") or request.query.get("key")

@@ -52,6 +52,7 @@ class FakeOllama(FakeUpstream):
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/api/chat", self._chat)
         app.router.add_post("/api/embed", self._embed)
+        app.router.add_get("/api/tags", self._tags)
         return app
 
     async def _embed(self, request: web.Request) -> web.Response:
@@ -69,6 +70,25 @@ class FakeOllama(FakeUpstream):
             return _error(reply.status, reply.error or "an error was encountered", reply.headers)
         status, answer = embeddings.ollama_answer(body)
         return web.json_response(answer, status=status)
+
+    async def _tags(self, request: web.Request) -> web.Response:
+        """`GET /api/tags` (protocols.md §5.1): the local models, `name` with its tag."""
+        auth = request.headers.get("Authorization", "")
+        with self._lock:
+            self.listings.append(auth[7:] if auth.startswith("Bearer ") else None)
+        names = self.listed_models or list(self.models or ())
+        models = [
+            {
+                "name": n if ":" in n else f"{n}:latest",
+                "model": n if ":" in n else f"{n}:latest",
+                "modified_at": _now(),
+                "size": 4661224676,
+                "digest": "0" * 64,
+                "details": {"format": "gguf", "family": "llama"},
+            }
+            for n in names
+        ]
+        return web.json_response({"models": models})
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         auth = request.headers.get("Authorization", "")

@@ -49,6 +49,7 @@ class FakeOpenAI(Scripted[Reply]):
     def __init__(self, *, require_key: bool = True) -> None:
         self.require_key = require_key
         super().__init__(Reply())
+        self.listed_models = ["gpt-4o-mini"]
 
     @property
     def base_url(self) -> str:
@@ -70,14 +71,17 @@ class FakeOpenAI(Scripted[Reply]):
         return await audio_upstream.serve(self, request, "openai")
 
     async def _models(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {
-                "object": "list",
-                "data": [
-                    {"id": "gpt-4o-mini", "object": "model", "created": 0, "owned_by": "system"}
-                ],
-            }
-        )
+        auth = request.headers.get("Authorization", "")
+        key = auth[7:] if auth.startswith("Bearer ") else None
+        with self._lock:
+            self.listings.append(key)
+        if (self.require_key and not key) or key in self.bad_keys:
+            return _error(401, errors.invalid_key())
+        data = [
+            {"id": m, "object": "model", "created": 0, "owned_by": "system"}
+            for m in self.listed_models
+        ]
+        return web.json_response({"object": "list", "data": data})
 
     async def _begin(self, request: web.Request) -> tuple[str | None, Any, web.Response | None]:
         """The key and body of a request, recorded; the 401 when a key is required and absent."""

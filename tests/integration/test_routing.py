@@ -213,6 +213,7 @@ def test_a_target_that_cannot_take_the_request_passes_it_on(live_gateway, fake_o
 
 
 def test_models_lists_every_routable_model_and_alias(live_gateway, fake_openai):
+    fake_openai.listed_models = []  # nothing discovered: the configured names alone
     gw = live_gateway(
         {
             "providers": {"up": openai_provider(fake_openai, ["sk-1"], models=["a", "b"])},

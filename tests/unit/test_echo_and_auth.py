@@ -7,6 +7,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -129,14 +130,17 @@ def test_generate_key_prefix_and_length(prefix, length):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "relaygate", *args],
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=False,
-    )
+    """In a directory of its own: generate-key appends to the keys file under the cwd."""
+    with tempfile.TemporaryDirectory() as cwd:
+        return subprocess.run(
+            [sys.executable, "-m", "relaygate", *args],
+            cwd=cwd,
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
 
 
 def test_generate_key_command():

@@ -36,6 +36,13 @@ def static_id(key: str) -> str:
     return f"static-{digest[:12]}"
 
 
+def hashed_id(digest: str) -> str:
+    """The client id of a key configured by its SHA-256 only (`key_sha256`): stable, and not
+    the hash itself."""
+    derived = hashlib.sha256(b"relaygate hashed client id\0" + digest.encode("ascii")).hexdigest()
+    return f"static-{derived[:12]}"
+
+
 def generate_key(prefix: str = "rg-", length: int = 43) -> str:
     """`prefix` + `length` URL-safe random characters."""
     body = ""
@@ -96,18 +103,41 @@ class ClientRegistry:
         self.clock = clock
         self._static: dict[str, ClientInfo] = {}
         for c in config.clients:
-            self._static[hash_key(c.key)] = ClientInfo(
-                id=static_id(c.key),
+            if c.from_keys_file:
+                continue
+            digest = hash_key(c.key) if c.key is not None else str(c.key_sha256)
+            self._static[digest] = ClientInfo(
+                id=static_id(c.key) if c.key is not None else hashed_id(digest),
                 name=c.name,
                 source="static",
-                key_hash=hash_key(c.key),
+                key_hash=digest,
                 rpm=c.rpm,
                 tpm=c.tpm,
                 monthly_budget_usd=c.monthly_budget_usd,
                 models=tuple(c.models) if c.models is not None else None,
             )
+        self._file: dict[str, ClientInfo] = {}
+        self.set_file_keys([c.key for c in config.clients if c.from_keys_file and c.key])
         self._issued: dict[str, ClientInfo] = {}
         self._loaded_at = 0.0
+
+    def set_file_keys(self, keys: list[str]) -> None:
+        """The keys file's keys, as they are now (the file is watched: auth/keys_file.py)."""
+        table = {}
+        for i, key in enumerate(keys):
+            digest = hash_key(key)
+            table[digest] = ClientInfo(
+                id=static_id(key), name=f"keys-file-{i + 1}", source="static", key_hash=digest
+            )
+        self._file = table
+
+    async def watch_keys_file(self) -> None:
+        from pathlib import Path
+
+        from relaygate.auth.keys_file import watch
+
+        if self._config.keys_file:
+            await watch(Path(self._config.keys_file), self.set_file_keys)
 
     async def reload(self) -> None:
         if self._store is None:
@@ -117,7 +147,7 @@ class ClientRegistry:
         self._loaded_at = time.monotonic()
 
     def has_any(self) -> bool:
-        return bool(self._static or self._issued or self._config.client_key_rotation)
+        return bool(self._static or self._file or self._issued or self._config.client_key_rotation)
 
     def authenticate(self, presented: str | None) -> ClientInfo | None:
         if not presented:
@@ -125,7 +155,7 @@ class ClientRegistry:
         # The probe is on a SHA-256 digest of what was presented, so its timing says nothing
         # about a stored key; the final check is constant-time all the same.
         digest = hash_key(presented)
-        for table in (self._static, self._issued):
+        for table in (self._static, self._file, self._issued):
             found = table.get(digest)
             if found is not None and hmac.compare_digest(found.key_hash, digest):
                 return found

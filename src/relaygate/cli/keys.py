@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -12,13 +13,15 @@ from typing import Any, TypeVar
 from rich.console import Console
 from rich.table import Table
 
-from relaygate.auth.clients import ClientRegistry
+from relaygate.auth.clients import ClientRegistry, public
 from relaygate.auth.weekly import current_key_info
+from relaygate.cli.tables import show
 from relaygate.config.model import Config
 from relaygate.errors import ConfigError
 from relaygate.keys import policy
 from relaygate.lifecycle import state_settings
 from relaygate.state import State, open_state
+from relaygate.state.records import ClientRecord
 from relaygate.usage.notifier import Delivery
 from relaygate.usage.reports import usage_report
 
@@ -65,21 +68,9 @@ def create_key(
 
 def list_keys(config: Config) -> None:
     rows = with_state(config, lambda state: state.clients.list())
-    table = Table(title="issued client keys")
-    for col in (
-        "id",
-        "name",
-        "key",
-        "rpm",
-        "tpm",
-        "budget $/month",
-        "models",
-        "created",
-        "revoked",
-    ):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(
+    columns = ("id", "name", "key", "rpm", "tpm", "budget $/month", "models", "created", "revoked")
+    table = [
+        [
             r.id,
             r.name,
             r.key_hint,
@@ -89,12 +80,68 @@ def list_keys(config: Config) -> None:
             ", ".join(r.models or []) or "all",
             _when(r.created_at),
             _when(r.revoked_at),
+        ]
+        for r in rows
+    ]
+    show(Console(), "issued client keys", columns, table)
+
+
+def revoke_key(config: Config, ident: str) -> str:
+    """Revoke the active client with this id, else the one active client with this name;
+    returns its id. Raises LookupError saying why when there is none or the name is shared."""
+
+    async def work(state: State) -> str:
+        active = await state.clients.list(include_revoked=False)
+        chosen = [r for r in active if r.id == ident] or [r for r in active if r.name == ident]
+        if not chosen:
+            raise LookupError(f"no active client with id or name {ident!r}")
+        if len(chosen) > 1:
+            ids = ", ".join(r.id for r in chosen)
+            raise LookupError(
+                f"{len(chosen)} active clients are named {ident!r} (ids {ids}): "
+                "revoke one by its id"
+            )
+        await state.clients.revoke(chosen[0].id)
+        return chosen[0].id
+
+    return with_state(config, work)
+
+
+def import_key(
+    config: Config,
+    name: str,
+    sha256: str,
+    *,
+    rpm: int | None,
+    tpm: int | None,
+    budget: float | None,
+    models: list[str] | None,
+) -> dict[str, Any]:
+    """A client whose key is known only by its SHA-256 (kept by an earlier gateway): that key
+    becomes valid without anyone here knowing it."""
+    digest = sha256.strip().lower()
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise LookupError("--sha256 must be 64 hexadecimal digits (the SHA-256 of the key)")
+
+    async def work(state: State) -> dict[str, Any]:
+        record = ClientRecord(
+            id=uuid.uuid4().hex[:12],
+            name=name,
+            key_hash=digest,
+            key_hint=f"sha256:{digest[:8]}",
+            created_at=time.time(),
+            rpm=rpm,
+            tpm=tpm,
+            monthly_budget_usd=budget,
+            models=tuple(models) if models is not None else None,
         )
-    Console().print(table)
+        try:
+            await state.clients.insert(record)
+        except ValueError:
+            raise LookupError("a client with this key exists already") from None
+        return public(record)
 
-
-def revoke_key(config: Config, client_id: str) -> bool:
-    return with_state(config, lambda state: state.clients.revoke(client_id))
+    return with_state(config, work)
 
 
 def print_current_key(config: Config) -> None:

@@ -149,18 +149,32 @@ def call(
     prompt: Annotated[str, typer.Argument(help="What to ask.")],
     model: Annotated[str | None, typer.Option("--model", "-m", help="Model or alias.")] = None,
     system: Annotated[str | None, typer.Option("--system", "-s", help="System prompt.")] = None,
-    temperature: Annotated[float | None, typer.Option("--temperature", "-t")] = None,
+    temperature: Annotated[
+        float | None, typer.Option("--temperature", "--temp", "-t", help="Sampling temperature.")
+    ] = None,
     max_tok: Annotated[int | None, typer.Option("--max-tok", help="Max completion tokens.")] = None,
     key: Annotated[
-        str | None, typer.Option("--key", "-k", help="Client key ($RELAYGATE_API_KEY).")
+        str | None,
+        typer.Option(
+            "--key",
+            "-k",
+            help="Client key (else $RELAYGATE_API_KEY, $FORWARDER_KEY or $PROXY_API_KEY, "
+            "also read from .env).",
+        ),
     ] = None,
-    server: Annotated[str, typer.Option("--server", help="Gateway URL ($RELAYGATE_URL).")] = "",
+    server: Annotated[
+        str, typer.Option("--server", help="Gateway URL ($RELAYGATE_URL, else port $PORT).")
+    ] = "",
 ) -> None:
     """Send PROMPT to a running gateway and stream the answer to the terminal."""
     from relaygate.cli.call import run_call
+    from relaygate.config.load import merged_environ
 
-    key = key or os.environ.get("RELAYGATE_API_KEY") or os.environ.get("PROXY_API_KEY")
-    url = server or os.environ.get("RELAYGATE_URL") or "http://127.0.0.1:8000"
+    env = merged_environ()
+    for name in ("RELAYGATE_API_KEY", "FORWARDER_KEY", "PROXY_API_KEY"):
+        key = key or env.get(name) or None
+    port = env.get("PORT") or "8000"
+    url = server or env.get("RELAYGATE_URL") or f"http://127.0.0.1:{port}"
     code = run_call(
         url, key, prompt, model=model, system=system, temperature=temperature, max_tokens=max_tok
     )
@@ -171,13 +185,37 @@ def call(
 def generate_key_cmd(
     length: Annotated[int, typer.Option(help="Characters after the prefix.")] = 43,
     prefix: Annotated[str, typer.Option(help="Key prefix.")] = "rg-",
+    keys_file: Annotated[
+        str | None,
+        typer.Option(
+            "--keys-file",
+            help="Append it here (default $RELAYGATE_KEYS_FILE, else keys/forwarder_api_keys.txt).",
+        ),
+    ] = None,
+    print_only: Annotated[
+        bool, typer.Option("--print-only", help="Only print it; do not add it to the file.")
+    ] = False,
 ) -> None:
-    """Print a new random client key (not stored; put it in PROXY_API_KEY or the keys file)."""
+    """Print a new client key and append it to the keys file (a running server accepts it
+    within a second)."""
+    from pathlib import Path
+
     from relaygate.auth.clients import generate_key
+    from relaygate.auth.keys_file import append_key
+    from relaygate.config.load import keys_file_path, merged_environ
 
     if length < 16:
         raise _fail("--length must be at least 16")
-    typer.echo(generate_key(prefix, length))
+    key = generate_key(prefix, length)
+    typer.echo(key)
+    if print_only:
+        return
+    path = keys_file_path(merged_environ(), keys_file, Path.cwd())
+    try:
+        append_key(path, key)
+    except OSError as exc:
+        raise _fail(f"{path}: cannot write the keys file ({exc.strerror or exc})", 1) from None
+    typer.echo(f"added to {path}", err=True)
 
 
 @config_app.command("check")
@@ -226,14 +264,40 @@ def keys_list(config: ConfigOpt = None) -> None:
 
 @keys_app.command("revoke")
 def keys_revoke(
-    client_id: Annotated[str, typer.Argument(help="Client id.")], config: ConfigOpt = None
+    client: Annotated[str, typer.Argument(help="Client id, or a name only one client has.")],
+    config: ConfigOpt = None,
 ) -> None:
     """Revoke an issued client key (a running server stops accepting it within a second)."""
     from relaygate.cli.keys import revoke_key
 
-    if not revoke_key(_load(config), client_id):
-        raise _fail(f"no active client with id {client_id}", 1)
+    try:
+        client_id = revoke_key(_load(config), client)
+    except LookupError as exc:
+        raise _fail(str(exc.args[0]), 1) from None
     typer.echo(f"revoked {client_id}")
+
+
+@keys_app.command("import")
+def keys_import(
+    name: Annotated[str, typer.Option("--name", help="Client name (shown in reports).")],
+    sha256: Annotated[str, typer.Option("--sha256", help="The SHA-256 of the key, in hex.")],
+    rpm: Annotated[int | None, typer.Option(help="Requests per minute.")] = None,
+    tpm: Annotated[int | None, typer.Option(help="Tokens per minute.")] = None,
+    budget: Annotated[float | None, typer.Option(help="Monthly budget in USD.")] = None,
+    models: Annotated[str | None, typer.Option(help="Allowed models, comma-separated.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Make a key valid that is known only by its SHA-256 (migrated from another gateway)."""
+    from relaygate.cli.keys import import_key
+
+    allowed = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    try:
+        client = import_key(
+            _load(config), name, sha256, rpm=rpm, tpm=tpm, budget=budget, models=allowed
+        )
+    except LookupError as exc:
+        raise _fail(str(exc.args[0]), 1) from None
+    typer.echo(f"imported client {client['name']} (id {client['id']})")
 
 
 @app.command("current-key")

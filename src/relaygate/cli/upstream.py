@@ -10,15 +10,18 @@ from dataclasses import dataclass
 import aiohttp
 from rich.console import Console
 from rich.progress import Progress
-from rich.table import Table
 
+from relaygate.cli.tables import show
 from relaygate.config.model import Config
 from relaygate.gateway import Gateway
 from relaygate.keys.pool import KeyPool, KeyState
 from relaygate.providers.base import Provider
+from relaygate.routing.discovery import MAX_LIST_BYTES
 
 CONCURRENCY = 8
 CHECK_TIMEOUT_S = 30.0
+# results that mean the upstream took the key (exit 0 when every key's result is one of these)
+ANSWERED = ("ok", "rate limited (key accepted)", "accepted (request refused)")
 
 
 @dataclass
@@ -32,16 +35,13 @@ class CheckResult:
 
 
 async def _check_one(gw: Gateway, provider: Provider, pool: KeyPool, key: KeyState) -> CheckResult:
+    """A one-token chat with the default model; without one, the provider's model list."""
     model = gw.router.default_model(provider.name)
-    if not model:
-        return CheckResult(
-            provider.name,
-            key.key_id,
-            "skipped: no model to test with (set models: or <P>_MODEL)",
-            None,
-            None,
-        )
-    request = provider.check_request(key.secret, model)
+    request = (
+        provider.check_request(key.secret, model) if model else provider.models_request(key.secret)
+    )
+    if request is None:
+        return CheckResult(provider.name, key.key_id, "ok (no upstream)", None, None)
     started = time.monotonic()
     try:
         response = await provider.send(
@@ -49,7 +49,7 @@ async def _check_one(gw: Gateway, provider: Provider, pool: KeyPool, key: KeySta
         )
         try:
             async with asyncio.timeout(CHECK_TIMEOUT_S):
-                body = await response.read(1024 * 1024)
+                body = await response.read(MAX_LIST_BYTES)
         finally:
             response.close()
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
@@ -57,8 +57,11 @@ async def _check_one(gw: Gateway, provider: Provider, pool: KeyPool, key: KeySta
             provider.name, key.key_id, f"unreachable ({type(exc).__name__})", None, None
         )
     latency = int((time.monotonic() - started) * 1000)
+    how = "" if model else f" (listed {len(provider.parse_models(body))} models)"
     if response.status < 400:
-        return CheckResult(provider.name, key.key_id, "ok", response.status, latency)
+        if key.state in ("invalid", "exhausted"):
+            pool.enable(key)  # it answers again: back in service
+        return CheckResult(provider.name, key.key_id, "ok" + how, response.status, latency)
     failure = provider.classify_error(response.status, response.headers, body)
     if failure.kind in ("key_rejected", "quota_exhausted"):
         pool.on_failure(key, failure)
@@ -104,19 +107,19 @@ def run_check(config: Config) -> int:
             await gw.aclose()
 
     results = asyncio.run(main())
-    table = Table(title="upstream keys")
-    for col in ("provider", "key id", "result", "status", "latency ms", "state"):
-        table.add_column(col)
-    for r in results:
-        table.add_row(
+    rows = [
+        [
             r.provider,
             r.key_id,
             r.result,
             str(r.status or "-"),
             str(r.latency_ms if r.latency_ms is not None else "-"),
             r.state,
-        )
-    console.print(table)
-    bad = sum(1 for r in results if r.result != "ok")
+        ]
+        for r in results
+    ]
+    columns = ("provider", "key id", "result", "status", "latency ms", "state")
+    show(console, "upstream keys", columns, rows)
+    bad = sum(1 for r in results if not r.result.startswith(ANSWERED))
     console.print(f"{len(results) - bad} of {len(results)} keys answered ok")
     return 1 if bad else 0

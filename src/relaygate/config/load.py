@@ -118,6 +118,10 @@ def _apply_provider_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
 
     providers: dict[str, Any] = data.setdefault("providers", {})
     routing: dict[str, Any] = data.setdefault("routing", {})
+    for alias, name in registry.aliases().items():  # `google:` in YAML is the gemini provider
+        given = providers.get(alias)
+        if isinstance(given, dict) and not given.get("type") and name not in providers:
+            providers[name] = providers.pop(alias)
     names = set(providers) | set(registry.builtin_names())
     for name in sorted(names):
         meta = registry.module_meta(registry.module_for(name, providers.get(name, {}).get("type")))
@@ -145,6 +149,7 @@ def _apply_provider_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
             routing.setdefault("default_models", {})[name] = model
     if env.get("PROVIDERS_PRIORITY"):
         routing["priority"] = env["PROVIDERS_PRIORITY"]
+        routing["priority_source"] = "PROVIDERS_PRIORITY"
 
 
 def _read_keys_file(path: Path) -> list[tuple[int, str]]:
@@ -174,11 +179,19 @@ def _apply_client_env(data: dict[str, Any], env: Mapping[str, str], cwd: Path) -
         label = name.strip() or f"client-{i + 1}"
         where = f"environment: CLIENT_API_KEYS_MAP: entry {i + 1} ({label})"
         clients.append(_client(label, key.strip(), where))
-    keys_file = env.get("RELAYGATE_KEYS_FILE") or data.get("keys_file")
-    path = _in(cwd, keys_file) if keys_file else cwd / DEFAULT_KEYS_FILE
-    if keys_file or path.is_file():
+    path = keys_file_path(env, data.get("keys_file"), cwd)
+    explicit = bool(env.get("RELAYGATE_KEYS_FILE") or data.get("keys_file"))
+    if explicit or path.is_file():
         for i, (line, key) in enumerate(_read_keys_file(path)):
-            clients.append(_client(f"keys-file-{i + 1}", key, f"{path}: line {line}"))
+            client = _client(f"keys-file-{i + 1}", key, f"{path}: line {line}")
+            clients.append({**client, "from_keys_file": True})
+    data["keys_file"] = str(path)  # watched while the server runs, created by generate-key
+
+
+def keys_file_path(env: Mapping[str, str], configured: str | None, cwd: Path) -> Path:
+    """RELAYGATE_KEYS_FILE, else the config's keys_file, else keys/forwarder_api_keys.txt."""
+    name = env.get("RELAYGATE_KEYS_FILE") or configured or DEFAULT_KEYS_FILE
+    return _in(cwd, name)
 
 
 _SCALARS = {
@@ -234,8 +247,22 @@ def load_config(
         _merge(data, overrides)
     config = _validate(data, f"{where} + environment" if file is not None else "environment")
     _check_types(config, where)
+    _check_priority(config, where)
     config.source = where
     return config
+
+
+def _check_priority(config: Config, where: str) -> None:
+    """Every name in the priority chain is a provider (configured, built in, or an alias of
+    one): a typo stops start-up instead of silently shortening the chain."""
+    from relaygate.providers import registry
+
+    known = set(config.providers) | set(registry.builtin_names()) | set(registry.aliases())
+    for name in config.routing.priority:
+        if name not in known:
+            source = config.routing.priority_source or f"{where}: routing.priority"
+            listed = ", ".join(sorted(known))
+            raise ConfigError(f"{source}: unknown provider {name!r} (known: {listed})")
 
 
 def _check_types(config: Config, where: str) -> None:

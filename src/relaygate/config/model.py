@@ -152,6 +152,10 @@ class RoutingConfig(_Model):
     groups: dict[str, list[str]] = Field(default_factory=dict)
     seed_model: str | None = None  # the seed routes' model when the request names none
     audio_model: str | None = None  # /upload's transcription model
+    # each provider's model list, read in the background at start and every so often (0: never)
+    discover_every_s: float = Field(default=300.0, ge=0)
+    # where `priority` was read when it was not the YAML file (named in error messages)
+    priority_source: str | None = Field(default=None, exclude=True)
 
 
 class RetryConfig(_Model):
@@ -173,12 +177,24 @@ MIN_CLIENT_KEY = 8
 
 
 class ClientConfig(_Model):
+    """A static client: its key, or only the SHA-256 of it (hex), as a migrated gateway kept."""
+
     name: str = Field(min_length=1)
-    key: str = Field(min_length=MIN_CLIENT_KEY)
+    key: str | None = Field(default=None, min_length=MIN_CLIENT_KEY)
+    key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
     rpm: int | None = Field(default=None, ge=1)
     tpm: int | None = Field(default=None, ge=1)
     monthly_budget_usd: float | None = Field(default=None, ge=0)
     models: CsvList | None = None
+    from_keys_file: bool = Field(default=False, exclude=True)  # re-read while the server runs
+
+    @model_validator(mode="after")
+    def _one_key(self) -> ClientConfig:
+        if (self.key is None) == (self.key_sha256 is None):
+            raise ValueError("give exactly one of key and key_sha256")
+        if self.key_sha256 is not None:
+            self.key_sha256 = self.key_sha256.lower()
+        return self
 
 
 class AuthConfig(_Model):
@@ -280,7 +296,7 @@ class Config(_Model):
     def secrets(self) -> list[str]:
         """Every secret this config holds, for the redaction helper."""
         found = [spec.key for p in self.providers.values() for spec in p.keys]
-        found += [c.key for c in self.clients]
+        found += [c.key for c in self.clients if c.key]
         urls = [p.base_url or "" for p in self.providers.values()]  # credentials in a URL
         urls += [p.proxy or "" for p in self.providers.values()]
         urls += [spec.proxy or "" for p in self.providers.values() for spec in p.keys]

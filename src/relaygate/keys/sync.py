@@ -31,6 +31,10 @@ class KeySync:
         self.durable = durable
         self.shared = shared
         self._down = False
+        # without a shared store: each key's state as this process last wrote or read it in the
+        # durable store, so a state another process wrote there (`relaygate upstream check`) is
+        # told apart from this process's own and taken over
+        self._seen: dict[str, tuple[Any, ...]] = {}
         if shared is not None:
             for pool in pools.values():
                 pool.events = []
@@ -50,10 +54,32 @@ class KeySync:
             records = shared + missing
         for pool in self.pools.values():
             pool.restore(records)
+        self._seen = {r.key_id: _state_of(r) for r in durable}
+
+    async def adopt(self) -> None:
+        """Without a shared store: key states written to the durable store by another process
+        since this one last saw them are taken over (unless this process changed the key since)."""
+        if self.shared is not None:
+            return
+        records = await self.durable.load()
+        for pool in self.pools.values():
+            for rec in records:
+                key = pool.find(rec.key_id) if rec.provider == pool.provider else None
+                if key is None:
+                    continue
+                base = self._seen.get(rec.key_id, _FRESH)
+                if _state_of(rec) == base or _state_of(key.record()) != base:
+                    continue  # nobody else changed it, or this process did (its write wins)
+                key.state, key.until, key.reason = rec.state, rec.until, rec.reason
+                key.fail_streak, key.next_cooldown_s = rec.fail_streak, rec.next_cooldown_s
+                log.info("key %s is %s (set by another process)", key.key_id, rec.state)
+        self._seen.update({r.key_id: _state_of(r) for r in records})
 
     async def flush(self) -> None:
         """Changed keys as snapshots into the durable store (kept for the next flush when the
         write fails)."""
+        if self.shared is None:  # what another process wrote first, else this write hides it
+            await self.adopt()
         taken = [(pool, pool.take_dirty()) for pool in self.pools.values()]
         rows = [row for _, part in taken for row in part]
         if not rows:
@@ -64,6 +90,7 @@ class KeySync:
             for pool, part in taken:
                 pool.mark_dirty(row.key_id for row in part)
             raise
+        self._seen.update({r.key_id: _state_of(r) for r in rows})
 
     async def sync(self) -> None:
         """One exchange with the shared store: events out, shared records in."""
@@ -108,6 +135,13 @@ class KeySync:
 
     def snapshot(self) -> list[KeyRecord]:
         return [k.record() for pool in self.pools.values() for k in pool.keys]
+
+
+_FRESH = ("ready", None, None)
+
+
+def _state_of(record: KeyRecord) -> tuple[Any, ...]:
+    return record.state, record.until, record.reason
 
 
 def coalesce(events: list[KeyEvent]) -> list[KeyEvent]:

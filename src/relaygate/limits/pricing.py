@@ -7,6 +7,7 @@ Audio priced per second (transcription models, which genai-prices lists at 0 per
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
@@ -49,6 +50,20 @@ class Rates:
 
     def worst_case(self, prompt_tokens: int, max_completion_tokens: int) -> float:
         return prompt_tokens * self.input + max_completion_tokens * self.output
+
+
+def usd(amount: float) -> str:
+    """A dollar amount with enough digits to be true: `$20.00`, `$0.05`, `$0.000012` (three
+    significant digits below a cent, never a tiny amount shown as `$0.00`)."""
+    if amount == 0 or not math.isfinite(amount):
+        return f"${amount:.2f}"
+    places = max(2, min(12, 2 - math.floor(math.log10(abs(amount)))))
+    text = f"{amount:.{places}f}"
+    if places > 2:
+        text = text.rstrip("0")
+        whole, _, frac = text.partition(".")
+        text = f"{whole}.{frac.ljust(2, '0')}"
+    return f"${text}"
 
 
 def _from_config(price: PriceConfig, model: str, source: str = "config") -> Rates:

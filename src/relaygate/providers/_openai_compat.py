@@ -178,6 +178,11 @@ class OpenAICompatProvider(Provider):
     drop_params: ClassVar[frozenset[str]] = frozenset()
     strip_message_names: ClassVar[bool] = False
 
+    def models_request(self, key: str | None) -> UpstreamRequest | None:
+        headers = {"authorization": f"Bearer {key}"} if key else {}
+        headers.update(self.config.headers)
+        return UpstreamRequest("GET", self.base_url + "/models", headers)
+
     def build_request(
         self, body: dict[str, Any], *, model: str, key: str | None, stream: bool
     ) -> UpstreamRequest:

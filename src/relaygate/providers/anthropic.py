@@ -348,6 +348,14 @@ class Provider(base.Provider):
         payload = orjson.dumps(build_body(body, model, stream))
         return UpstreamRequest("POST", self.base_url + path, headers, payload)
 
+    def models_request(self, key: str | None) -> UpstreamRequest | None:
+        headers = {"anthropic-version": API_VERSION}
+        if key:
+            headers["x-api-key"] = key
+        headers.update(self.config.headers)
+        path = "/models" if self.base_url.endswith("/v1") else "/v1/models"
+        return UpstreamRequest("GET", f"{self.base_url}{path}?limit=1000", headers)
+
     def parse_response(self, body: bytes, *, model: str) -> tuple[bytes, Usage | None]:
         obj = load_json(body)
         if obj.get("type") == "error" or "error" in obj:

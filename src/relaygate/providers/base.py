@@ -31,6 +31,7 @@ class ProviderMeta:
     kind: str
     default_base_url: str | None = None
     env_aliases: tuple[str, ...] = ()
+    name_aliases: tuple[str, ...] = ()  # other names of the provider (routing, priority, config)
     model_prefixes: tuple[str, ...] = ()
     needs_key: bool = True
 
@@ -132,6 +133,36 @@ class Provider(ABC):
         self, body: dict[str, Any], *, model: str, key: str | None, stream: bool
     ) -> UpstreamRequest: ...
 
+    def upstream_request(
+        self, body: dict[str, Any], *, model: str, key: str | None, stream: bool
+    ) -> UpstreamRequest:
+        """`build_request`, with the body's `extra_body` (provider-specific parameters, as the
+        OpenAI SDKs send them) merged into what goes upstream instead of sent as a field."""
+        extra = body.get("extra_body")
+        if extra is None:
+            return self.build_request(body, model=model, key=key, stream=stream)
+        plain = {k: v for k, v in body.items() if k != "extra_body"}
+        request = self.build_request(plain, model=model, key=key, stream=stream)
+        if not isinstance(extra, dict) or not extra:
+            return request
+        if request.json is not None:
+            request.json = merge_extra(request.json, extra)
+        elif isinstance(request.body, bytes) and request.body:
+            import orjson
+
+            sent = orjson.loads(request.body)
+            if isinstance(sent, dict):
+                request.body = orjson.dumps(merge_extra(sent, extra))
+        return request
+
+    def models_request(self, key: str | None) -> UpstreamRequest | None:
+        """The upstream's model list (None: it has none to ask); answered with `parse_models`."""
+        return None
+
+    def parse_models(self, body: bytes) -> list[str]:
+        """Model ids from an OpenAI-shaped list `{"data": [{"id": ...}]}`; tolerant."""
+        return listed_ids(body, "data", "id")
+
     def check_request(self, key: str | None, model: str) -> UpstreamRequest:
         """A cheap call that shows whether the upstream accepts a key: a one-token chat."""
         body = {"messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
@@ -160,6 +191,37 @@ class Provider(ABC):
 
 
 # --- helpers shared by provider modules -------------------------------------------------------
+
+
+def listed_ids(body: bytes, field: str, name: str) -> list[str]:
+    """`body[field][*][name]` as strings, skipping anything of another shape."""
+    import orjson
+
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return []
+    items = obj.get(field) if isinstance(obj, dict) else None
+    if not isinstance(items, list):
+        return []
+    return [
+        str(item[name])
+        for item in items
+        if isinstance(item, dict) and isinstance(item.get(name), str) and item[name]
+    ]
+
+
+def merge_extra(body: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """`extra` laid over `body`: objects merge key by key, anything else replaces."""
+    out = dict(body)
+    for key, value in extra.items():
+        current = out.get(key)
+        if isinstance(value, Mapping) and isinstance(current, dict):
+            out[key] = merge_extra(current, value)
+        else:
+            out[key] = value
+    return out
+
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _TRY_AGAIN = re.compile(r"try again in ((?:\d+(?:\.\d+)?(?:ms|h|m|s))+)", re.IGNORECASE)

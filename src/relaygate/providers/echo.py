@@ -106,11 +106,16 @@ class Provider(OpenAICompatProvider):
     def models(self) -> list[str]:
         return [*self.config.models] or ["echo"]
 
+    def models_request(self, key: str | None) -> UpstreamRequest | None:
+        return None  # nothing upstream to ask
+
     def build_request(
         self, body: dict[str, Any], *, model: str, key: str | None, stream: bool
     ) -> UpstreamRequest:
         payload = dict(body)
-        payload["model"], payload["stream"] = model, stream
+        sent = body.get("model")  # answered under the name the client sent (`echo/hello`)
+        payload["model"] = sent if isinstance(sent, str) and sent else f"{self.name}/{model}"
+        payload["stream"] = stream
         return UpstreamRequest("POST", "echo:", {}, json=payload)
 
     async def send(

@@ -39,6 +39,7 @@ META = ProviderMeta(
     kind="gemini",
     default_base_url="https://generativelanguage.googleapis.com/v1beta",
     env_aliases=("GOOGLE",),
+    name_aliases=("google",),
     model_prefixes=("gemini-", "gemma-"),
 )
 NAME = "Gemini"
@@ -329,6 +330,29 @@ class Provider(base.Provider):
         headers.update(self.config.headers)
         name = quote(model.removeprefix("models/"), safe="-._~")
         return UpstreamRequest("POST", f"{self.base_url}/models/{name}{action}", headers, payload)
+
+    def models_request(self, key: str | None) -> UpstreamRequest | None:
+        headers = {"x-goog-api-key": key} if key else {}
+        headers.update(self.config.headers)
+        return UpstreamRequest("GET", f"{self.base_url}/models?pageSize=1000", headers)
+
+    def parse_models(self, body: bytes) -> list[str]:
+        """`{"models": [{"name": "models/gemini-2.5-flash", "supportedGenerationMethods"}]}`:
+        the ones that generate content, without `models/`."""
+        try:
+            obj = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return []
+        items = obj.get("models") if isinstance(obj, dict) else None
+        found = []
+        for item in items if isinstance(items, list) else ():
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                continue
+            methods = item.get("supportedGenerationMethods")
+            if isinstance(methods, list) and "generateContent" not in methods:
+                continue
+            found.append(item["name"].removeprefix("models/"))
+        return found
 
     def parse_response(self, body: bytes, *, model: str) -> tuple[bytes, Usage | None]:
         obj = load_json(body)

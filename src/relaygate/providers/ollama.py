@@ -221,6 +221,20 @@ class Provider(base.Provider):
         payload = orjson.dumps(build_body(body, model, stream))
         return UpstreamRequest("POST", self.base_url + "/api/chat", headers, payload)
 
+    def models_request(self, key: str | None) -> UpstreamRequest | None:
+        headers = {"authorization": f"Bearer {key}"} if key else {}
+        headers.update(self.config.headers)
+        return UpstreamRequest("GET", self.base_url + "/api/tags", headers)
+
+    def parse_models(self, body: bytes) -> list[str]:
+        """`{"models": [{"name": "llama3:latest"}]}`; `llama3` names `llama3:latest` too."""
+        found = []
+        for name in base.listed_ids(body, "models", "name"):
+            found.append(name)
+            if name.endswith(":latest"):
+                found.append(name.removesuffix(":latest"))
+        return found
+
     def parse_response(self, body: bytes, *, model: str) -> tuple[bytes, Usage | None]:
         obj = load_json(body)
         if "error" in obj:

@@ -32,10 +32,27 @@ def builtin_names() -> tuple[str, ...]:
     )
 
 
+@cache
+def aliases() -> dict[str, str]:
+    """Other names of built-in providers (`google` -> `gemini`)."""
+    found: dict[str, str] = {}
+    for kind in builtin_names():
+        meta = module_meta(kind)
+        for alias in meta.name_aliases if meta is not None else ():
+            found[alias] = kind
+    return found
+
+
+def canonical(name: str) -> str:
+    """A built-in provider's own name for one of its aliases; any other name as it is."""
+    return aliases().get(name, name)
+
+
 def module_for(name: str, type_: str | None) -> str:
     """The module that speaks for a configured provider: its `type`, else its own name."""
     if type_:
-        return type_
+        return canonical(type_)
+    name = canonical(name)
     return name if name in builtin_names() else DEFAULT_TYPE
 
 

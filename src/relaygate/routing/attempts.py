@@ -195,7 +195,7 @@ class AttemptLoop:
             elif native is not None and native.only:
                 raise InvalidRequest(f"{target.provider} does not serve this operation.")
             else:
-                request = provider.build_request(
+                request = provider.upstream_request(
                     body, model=target.model, key=lease.secret, stream=stream
                 )
         except InvalidRequest as exc:
