@@ -51,7 +51,30 @@ def parse(body: bytes) -> Usage | None:
     return Usage.from_openai(_loaded(body).get("usage"))
 
 
+def _usage_only(raw: bytes) -> Usage | None:
+    """The usage of an answer the client takes as it came, read without parsing the vectors:
+    the flat `"usage":{...}` object after the data, when the answer is a plain list of
+    vectors with no error in it; None takes the full reading."""
+    if not raw.startswith(b"{") or b'"error"' in raw:
+        return None
+    at = raw.rfind(b'"usage":{')
+    if at == -1 or raw.find(b'"data":[') == -1:
+        return None
+    start = at + 8
+    end = raw.find(b"}", start)
+    try:
+        usage = Usage.from_openai(orjson.loads(raw[start : end + 1]))
+    except (orjson.JSONDecodeError, TypeError, ValueError):
+        return None
+    return usage if usage is not None and usage.prompt_tokens > 0 else None
+
+
 def answer(raw: bytes, model: str, native: NativeBody) -> tuple[bytes, Usage | None]:
+    if native.door == em.OPENAI_DOOR:  # the common case: floats asked and got, or base64 and got
+        floats = native.body.get("encoding_format") != "base64" or b'"embedding":[' not in raw
+        usage = _usage_only(raw) if floats else None
+        if usage is not None:
+            return raw, usage
     obj = _loaded(raw)
     request = em.read(native)
     usage = Usage.from_openai(obj.get("usage"))
