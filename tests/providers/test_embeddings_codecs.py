@@ -94,3 +94,25 @@ def test_codec(name: str, case: dict[str, Any]) -> None:
     assert usage is not None
     assert [usage.prompt_tokens, usage.estimated] == case["expected_usage"]
     assert usage.completion_tokens == 0
+
+
+def test_openai_answer_fast_path_reads_usage_and_falls_back_when_it_cannot() -> None:
+    """The vectors are not parsed when the usage object can be read alone; a nested usage or an
+    error in the answer takes the full reading, which gives the same usage."""
+    import orjson
+
+    from relaygate.providers import _embed_openai
+    from relaygate.types import NativeBody
+
+    native = NativeBody("openai_embeddings", {"model": "m", "input": "hi"}, False)
+    plain = {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.5]}]}
+    flat = orjson.dumps({**plain, "usage": {"prompt_tokens": 3, "total_tokens": 3}})
+    out, usage = _embed_openai.answer(flat, "m", native)
+    assert out is flat and usage is not None and usage.prompt_tokens == 3
+    nested_usage = {"prompt_tokens": 4, "total_tokens": 4, "prompt_tokens_details": {"x": 1}}
+    nested = orjson.dumps({**plain, "usage": nested_usage})
+    out, usage = _embed_openai.answer(nested, "m", native)
+    assert usage is not None and usage.prompt_tokens == 4
+    asked = NativeBody("openai_embeddings", {**native.body, "encoding_format": "base64"}, False)
+    out, usage = _embed_openai.answer(flat, "m", asked)  # floats although base64 was asked
+    assert b'"embedding":"' in out and usage is not None and usage.prompt_tokens == 3
