@@ -19,7 +19,7 @@ import aiohttp
 import aiohttp_socks
 
 from relaygate.transport._library_response import LibraryResponse
-from relaygate.transport.base import NO_OPTIONS, Body, RequestOptions
+from relaygate.transport.base import NO_OPTIONS, Body, RequestOptions, streamed_body
 from relaygate.transport.errors import (
     ConnectTimeout,
     HeadersTooLarge,
@@ -111,7 +111,9 @@ class LibraryTransport:
             sock_connect=self.options.connect_timeout_s,
             sock_read=options.read_timeout_s,
         )
-        resend = isinstance(body, bytes | None)  # an iterable body cannot be sent twice
+        streamed = streamed_body(body, sent)
+        # a bare iterable body cannot be sent twice; a StreamedBody starts again on each read
+        resend = isinstance(body, bytes | None) or streamed is not None
         while True:
             ctx = SimpleNamespace(reused=False)
             try:
@@ -119,7 +121,7 @@ class LibraryTransport:
                     method,
                     url,
                     headers=sent,
-                    data=body,
+                    data=body if streamed is None else streamed.chunks(),
                     proxy=None if socks else proxy,
                     timeout=timeout,
                     allow_redirects=False,
