@@ -141,6 +141,9 @@ class LibraryTransport:
                 raise _mapped(exc) from None
             except TimeoutError as exc:  # aiohttp's connect timeouts are TimeoutErrors too
                 raise _mapped(exc) from None
+            if resp.status == 407 and proxy and not socks:  # a plain-http request's proxy
+                resp.release()
+                raise ProxyError("the proxy refused the credentials (407)")
             return LibraryResponse(resp, self.options.max_body_bytes)
 
     async def aclose(self) -> None:
