@@ -36,7 +36,7 @@ PROXY_PASSWORD = "pr0xy-Passw0rd-never-shown"
 
 
 def test_a_provider_proxy_with_credentials_carries_tls_to_the_upstream(
-    live_gateway: Any, fakes: Fakes, server_tls: Any, ca_file: str
+    fakes: Fakes, live_gateway: Any, server_tls: Any, ca_file: str
 ) -> None:
     upstream = fakes.start(RawUpstream(chat_ok, tls=server_tls))
     proxy = fakes.start(ConnectProxy(user="relay", password=PROXY_PASSWORD))
@@ -58,7 +58,7 @@ def test_a_provider_proxy_with_credentials_carries_tls_to_the_upstream(
 
 @pytest.mark.parametrize("variable", ["HTTP_PROXY", "all_proxy"])
 def test_the_environment_proxy_is_honoured_and_no_proxy_respected(
-    live_gateway: Any, fakes: Fakes, monkeypatch: pytest.MonkeyPatch, variable: str
+    fakes: Fakes, live_gateway: Any, monkeypatch: pytest.MonkeyPatch, variable: str
 ) -> None:
     upstream = fakes.start(RawUpstream(chat_ok))
     proxy = fakes.start(ConnectProxy())
@@ -78,7 +78,7 @@ def test_the_environment_proxy_is_honoured_and_no_proxy_respected(
     assert upstream.requests[-1].peer not in proxy.out_ports
 
 
-def test_each_key_leaves_through_its_own_proxy(live_gateway: Any, fakes: Fakes) -> None:
+def test_each_key_leaves_through_its_own_proxy(fakes: Fakes, live_gateway: Any) -> None:
     upstream = fakes.start(RawUpstream(chat_ok))
     one = fakes.start(ConnectProxy(user="k1", password=PROXY_PASSWORD))
     two = fakes.start(ConnectProxy())
@@ -88,13 +88,19 @@ def test_each_key_leaves_through_its_own_proxy(live_gateway: Any, fakes: Fakes) 
         assert post(gw).status_code == 200
     via: dict[str, set[str]] = {}
     for request in upstream.requests:
-        exit_ = "one" if request.peer in one.out_ports else "two" if request.peer in two.out_ports else "?"
+        exit_ = (
+            "one"
+            if request.peer in one.out_ports
+            else "two"
+            if request.peer in two.out_ports
+            else "?"
+        )
         via.setdefault(request.headers["authorization"], set()).add(exit_)
     assert via == {"Bearer sk-one": {"one"}, "Bearer sk-two": {"two"}}
     assert len(upstream.requests) == 6
 
 
-def test_a_key_may_leave_through_socks5(live_gateway: Any, fakes: Fakes) -> None:
+def test_a_key_may_leave_through_socks5(fakes: Fakes, live_gateway: Any) -> None:
     upstream = fakes.start(RawUpstream(chat_ok))
     socks = fakes.start(SocksProxy(user="s", password=PROXY_PASSWORD))
     gw = live_gateway(config(upstream.url("/v1"), [{"key": "sk-a", "proxy": socks.url}]))
@@ -106,7 +112,7 @@ def test_a_key_may_leave_through_socks5(live_gateway: Any, fakes: Fakes) -> None
 
 @pytest.mark.parametrize("mode", ["refuse", "absent", "wrong password", "wrong password, http"])
 def test_a_proxy_that_refuses_is_a_502_and_the_key_is_not_blamed(
-    live_gateway: Any, fakes: Fakes, server_tls: Any, ca_file: str, mode: str
+    fakes: Fakes, live_gateway: Any, server_tls: Any, ca_file: str, mode: str
 ) -> None:
     """A CONNECT refused (403, 407), no proxy listening, and a plain-http request's 407."""
     upstream = fakes.start(RawUpstream(chat_ok, tls=None if "http" in mode else server_tls))
@@ -129,7 +135,7 @@ def test_a_proxy_that_refuses_is_a_502_and_the_key_is_not_blamed(
 
 
 def test_a_proxy_that_hangs_is_a_504_within_the_connect_timeout(
-    live_gateway: Any, fakes: Fakes, server_tls: Any, ca_file: str
+    fakes: Fakes, live_gateway: Any, server_tls: Any, ca_file: str
 ) -> None:
     upstream = fakes.start(RawUpstream(chat_ok, tls=server_tls))
     proxy = fakes.start(ConnectProxy(mode="hang"))
