@@ -16,16 +16,12 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from tests.fakes._server import free_port
-from tests.integration._transport import (  # noqa: F401 (fixtures)
+from tests.integration._transport import (
     CHAT,
     MODEL,
     Fakes,
     assert_keys_unblamed,
-    ca,
-    ca_file,
     config,
-    fakes,
-    no_env_proxy,
     post,
 )
 

@@ -18,16 +18,13 @@ import httpx
 import pytest
 
 from tests.fakes.raw_http import RawRequest, RawUpstream, answer
-from tests.integration._transport import (  # noqa: F401 (fixtures)
+from tests.integration._transport import (
     CHAT,
     MODEL,
     Fakes,
     assert_keys_unblamed,
-    chat_ok,
     config,
     error_of,
-    fakes,
-    no_env_proxy,
     post,
 )
 
@@ -167,7 +164,7 @@ def test_a_stale_kept_alive_connection_is_resent_once(
 
     upstream = fakes.start(RawUpstream(closes_when_reused))
     gw = live_gateway(config(upstream.url("/v1"), ["sk-a"], transport={"kind": kind}))
-    for round_ in range(3):
+    for _ in range(3):
         reply = post(gw)
         assert reply.status_code == 200, reply.text
         assert reply.headers["x-relaygate-attempts"] == "1"  # not an attempt of the loop's

@@ -17,18 +17,13 @@ from tests.fakes._server import free_port
 from tests.fakes.connect_proxy import ConnectProxy
 from tests.fakes.raw_http import RawUpstream
 from tests.fakes.socks_proxy import SocksProxy
-from tests.integration._transport import (  # noqa: F401 (fixtures)
+from tests.integration._transport import (
     Fakes,
     assert_keys_unblamed,
-    ca,
-    ca_file,
     chat_ok,
     config,
     error_of,
-    fakes,
-    no_env_proxy,
     post,
-    server_tls,
 )
 
 pytestmark = pytest.mark.usefixtures("no_env_proxy")
