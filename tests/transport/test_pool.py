@@ -87,3 +87,10 @@ def test_http2_without_h2_is_one_clear_start_up_error(monkeypatch: pytest.Monkey
     )
     with pytest.raises(ConfigError, match=r"providers\.p\.transport\.http2: needs the h2 package"):
         _kind(transport={"http2": True})
+
+
+def test_a_tls_file_that_cannot_be_read_is_a_start_up_error(tmp_path: Any) -> None:
+    missing = str(tmp_path / "nowhere.pem")
+    specs = {"lab": (BASE, ProviderConfig(type="openai", tls={"ca_bundle": missing}))}
+    with pytest.raises(ConfigError, match=r"providers\.lab\.tls: the certificate files cannot"):
+        Transports(specs)

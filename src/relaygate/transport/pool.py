@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import ssl
 from collections.abc import Mapping
 
 from relaygate.config.model import ProviderConfig
@@ -60,7 +61,15 @@ class Transports:
         made: dict[str, Transport] = {}
         for name, kind in self.kinds.items():
             options = self._options[name]
-            made[name] = library_transport(options) if kind == "library" else OwnTransport(options)
+            try:
+                made[name] = (
+                    library_transport(options) if kind == "library" else OwnTransport(options)
+                )
+            except (OSError, ssl.SSLError) as exc:  # a TLS file missing or not PEM
+                raise ConfigError(
+                    f"providers.{name}.tls: the certificate files cannot be used "
+                    f"({type(exc).__name__})"
+                ) from None
             log.debug("provider %s: the %s transport", name, kind)
         return made
 
