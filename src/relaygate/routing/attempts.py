@@ -170,7 +170,7 @@ class AttemptLoop:
         if last is not None and last.kind == "transport":  # the way failed, not the key
             error = UpstreamTimeout if last.status == 504 else UpstreamError
             return error(
-                f"The upstream could not be reached ({attempts} attempts): {last.message}.",
+                f"The way to the upstream failed ({attempts} attempts): {last.message}.",
                 code=last.code,
             )
         if last is not None and last.kind == "timeout":
