@@ -2,7 +2,8 @@
 HTTP/1.1 client and the library transport (`transport.kind`): a burst opens at most
 `max_connections_per_host` connections (counted at the upstream) and they close after
 `keepalive_s`; a gzip bomb, an endless head and a wait for a connection past
-`connect_timeout_s` end in 502 / 504 with the error's code; a kept-alive connection the upstream
+`connect_timeout_s` end in 502 / 504 with the error's code (a stream past the body cap ends
+with an error event carrying it); a kept-alive connection the upstream
 closed under a request is resent once on a new one. None of these blames the key."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from tests.fakes.raw_http import RawRequest, RawUpstream, answer
@@ -170,4 +172,37 @@ def test_a_stale_kept_alive_connection_is_resent_once(
         assert reply.headers["x-relaygate-attempts"] == "1"  # not an attempt of the loop's
     assert upstream.opened == 3  # the 2nd and 3rd met a closed one and went on a new one
     assert [r.index for r in upstream.requests] == [1, 2, 1, 2, 1]
+    assert_keys_unblamed(gw)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_stream_past_the_body_cap_ends_with_an_error_event(
+    fakes: Fakes, live_gateway: Any, kind: str
+) -> None:
+    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL}
+    event = b"data: " + orjson.dumps(
+        {**chunk, "choices": [{"index": 0, "delta": {"content": "x" * 900}}]}
+    )
+    event += b"\n\n"
+
+    async def endless_stream(request: RawRequest, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n")
+        writer.write(b"Transfer-Encoding: chunked\r\n\r\n")
+        for _ in range(200):  # ~180 KiB, past the 64 KiB cap
+            writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+            await writer.drain()
+            await asyncio.sleep(0.001)
+        writer.write(b"0\r\n\r\n")
+        return False
+
+    upstream = fakes.start(RawUpstream(endless_stream))
+    transport = {"kind": kind, "max_body_bytes": 64 * 1024}
+    gw = live_gateway(config(upstream.url("/v1"), ["sk-a"], transport=transport))
+    body = {"model": f"up/{MODEL}", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+    with httpx.Client(trust_env=False, timeout=20) as client:
+        reply = client.post(gw.v1 + "/chat/completions", json=body, headers=gw.headers())
+    assert reply.status_code == 200
+    assert reply.text.count('"content":"xxx') >= 10  # the stream had begun
+    assert '"code":"upstream_body_too_large"' in reply.text.replace(" ", "")
+    assert "[DONE]" not in reply.text
     assert_keys_unblamed(gw)
