@@ -16,6 +16,10 @@
     ├── Unavailable                     503     service_unavailable     (given)
     └── UpstreamTimeout                 504     timeout_error           upstream_timeout
 
+A failure of the way to the upstream (transport/errors.py: a proxy, a connect timeout, a body or
+head past its bound) ends as UpstreamError or UpstreamTimeout with its own code, e.g.
+`upstream_proxy_error` or `upstream_connect_timeout`.
+
 `ConfigError` is separate: it stops start-up and is never sent to a client.
 """
 

@@ -30,7 +30,6 @@ from relaygate.keys.pool import KeyPool
 from relaygate.keys.sync import KeySync
 from relaygate.lifecycle import Lifecycle, open_gateway_state
 from relaygate.providers import registry
-from relaygate.providers._http import UpstreamClient
 from relaygate.providers._sse import EventTooLarge, SSEBuffer, parse_event
 from relaygate.providers.base import Provider
 from relaygate.routing.attempts import AttemptLoop, Completed, StreamStarted
@@ -39,6 +38,8 @@ from relaygate.routing.discovery import Discovery
 from relaygate.routing.router import Router
 from relaygate.state import State
 from relaygate.state.protocols import LedgerStore
+from relaygate.transport import TransportError
+from relaygate.transport.pool import Transports
 from relaygate.types import Failure, NativeBody, Target, Usage
 from relaygate.usage.ledger import CLIENT_CLOSED
 
@@ -82,7 +83,7 @@ class Gateway:
             self.providers,
             self.pools,
             self.router,
-            self.upstream,
+            lambda name: self.transports.get(name),
             every_s=self.config.routing.discover_every_s,
         )
         self.persist = persist  # False: state in memory only (the library's throwaway gateway)
@@ -108,19 +109,20 @@ class Gateway:
                 )
             counter.inc()
 
+        self.transports = Transports(  # one per provider, chosen at start (SPEC 11a)
+            {name: (p.base_url, p.config) for name, p in self.providers.items()}
+        )
         self.watchdog = Watchdog()  # every attempt's and stream's deadline, on one timer
         self.attempts = AttemptLoop(
             providers=self.providers,
             pools=self.pools,
-            session=self.upstream,
+            session=self.transports.get,
             retry=self.config.retries,
             on_attempt=on_attempt,
             redact=self.redact,
             watchdog=self.watchdog,
         )
         self._session: aiohttp.ClientSession | None = None
-        self._upstream: UpstreamClient | None = None
-        self._upstream_loop: asyncio.AbstractEventLoop | None = None
         self.inflight = Inflight()  # the requests a shutdown waits for, then ends
         self.cache: CacheService | None = None  # the response cache, when enabled (SPEC §7b)
         if self.config.cache.enabled:
@@ -140,13 +142,6 @@ class Gateway:
         return cls(load_config(config_path), **kwargs)
 
     # --- lifecycle ------------------------------------------------------------------------------
-    def upstream(self) -> UpstreamClient:
-        """The keep-alive client every provider call goes through (providers/_http.py)."""
-        loop = asyncio.get_running_loop()
-        if self._upstream is None or self._upstream.closed or self._upstream_loop is not loop:
-            self._upstream, self._upstream_loop = UpstreamClient(), loop
-        return self._upstream
-
     def session(self) -> aiohttp.ClientSession:
         """An aiohttp session for everything else (report deliveries)."""
         if self._session is None or self._session.closed:
@@ -176,9 +171,7 @@ class Gateway:
         if self._session is not None:
             await self._session.close()
             self._session = None
-        if self._upstream is not None:
-            await self._upstream.close()
-            self._upstream = None
+        await self.transports.aclose()
 
     async def __aenter__(self) -> Gateway:
         await self.start()
@@ -308,6 +301,10 @@ class Gateway:
         except TimeoutError:
             error_code = UpstreamTimeout.code
             yield event(UpstreamTimeout("The upstream stream went silent."))
+        except TransportError as exc:  # a bound of the way (the body's cap): not the key's
+            error_code = exc.code
+            upstream = UpstreamTimeout if exc.status == 504 else UpstreamError
+            yield event(upstream(f"The upstream answer was cut: {exc}.", code=exc.code))
         except (aiohttp.ClientError, OSError, EventTooLarge):
             error_code = UpstreamError.code
             yield event(UpstreamError("The upstream connection was lost mid-stream."))

@@ -13,6 +13,7 @@ FailureKind = Literal[
     "server",  # 5xx, 529, connect error, in-band error before any byte: retry with backoff
     "timeout",  # no first byte in time: retry with backoff
     "bad_request",  # the request's own fault: returned to the client, not retried
+    "transport",  # the way failed (a proxy, a connect timeout, a bound): retried, key untouched
 ]
 
 

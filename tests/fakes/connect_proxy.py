@@ -21,6 +21,7 @@ class ConnectProxy:
     mode: Mode = "serve"
     asked: list[tuple[str, str]] = field(default_factory=list)  # (method, target)
     auth_seen: list[str | None] = field(default_factory=list)
+    out_ports: set[int] = field(default_factory=set)  # its sockets to upstreams (their ports)
     _server: asyncio.Server | None = None
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -97,6 +98,7 @@ class ConnectProxy:
                 kept = [ln for ln in lines if not ln.lower().startswith("proxy-authorization")]
                 up_writer.write("\r\n".join(kept).encode("latin-1"))
             self._writers.add(up_writer)
+            self.out_ports.add(int(up_writer.get_extra_info("sockname")[1]))
             await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
             return

@@ -22,6 +22,7 @@ class RawRequest:
     body: bytes
     connection: int  # which connection (1-based, in the order opened)
     index: int  # which request on that connection (1-based)
+    peer: int = 0  # the port the connection came from (a proxy's outgoing socket)
 
 
 Handler = Callable[[RawRequest, asyncio.StreamWriter], Awaitable[bool]]
@@ -78,6 +79,7 @@ class RawUpstream:
         self.most_open = max(self.most_open, self.open_now)
         self._writers.add(writer)
         number, index = self.opened, 0
+        peer = int(writer.get_extra_info("peername")[1])
         try:
             while True:
                 try:
@@ -95,7 +97,7 @@ class RawUpstream:
                         headers[name.strip().lower()] = value.strip()
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
                 index += 1
-                request = RawRequest(method, target, headers, body, number, index)
+                request = RawRequest(method, target, headers, body, number, index, peer)
                 self.requests.append(request)
                 keep = await self.handler(request, writer)
                 await writer.drain()

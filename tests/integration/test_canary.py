@@ -269,8 +269,8 @@ def drive(seen: Seen) -> str:
     assert seen.chat(STATIC_CLIENT, f"broke/{MODEL}").status_code == 503
     for _ in range(3):  # cut off, failing mid-way, whole
         assert seen.chat(STATIC_CLIENT, f"streams/{MODEL}", stream=True).status_code == 200
-    # 200 while the proxies are not wired in (issue 16 part 2), then 502: the proxy is away
-    assert seen.chat(STATIC_CLIENT, f"proxied/{MODEL}").status_code in (200, 502)
+    # the proxy is away: 502 (upstream_proxy_error), its credentials nowhere
+    assert seen.chat(STATIC_CLIENT, f"proxied/{MODEL}").status_code == 502
     assert seen.chat(STATIC_CLIENT, "nowhere/unknown-model").status_code == 404
     assert (
         seen.chat(STATIC_CLIENT, "", raw=b'{"model": "up/gpt-4o-mini", "messages": [').status_code

@@ -20,8 +20,8 @@ from relaygate.config.load import load_config
 from relaygate.config.model import Config
 from relaygate.gateway import Gateway
 from relaygate.http.app import create_app
-from relaygate.providers._http import UpstreamClient
 from relaygate.routing.discovery import Discovery
+from relaygate.transport.own import OwnTransport
 from tests.conftest import CLIENT_KEY
 from tests.fakes._server import UvicornServer
 from tests.fakes.anthropic_upstream import FakeAnthropic
@@ -280,11 +280,11 @@ def test_models_are_discovered_listed_and_routed(tmp_path, fakes, serve):
 
 async def discover_once(gw: Gateway) -> None:
     """One discovery pass from the test's thread, on a client of its own."""
-    client = UpstreamClient()
+    client = OwnTransport()
     try:
-        await Discovery(gw.providers, gw.pools, gw.router, lambda: client).once()
+        await Discovery(gw.providers, gw.pools, gw.router, lambda name: client).once()
     finally:
-        await client.close()
+        await client.aclose()
 
 
 def test_the_wildcard_alias_takes_any_unknown_name(tmp_path, fakes, serve):

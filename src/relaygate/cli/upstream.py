@@ -17,6 +17,7 @@ from relaygate.gateway import Gateway
 from relaygate.keys.pool import KeyPool, KeyState
 from relaygate.providers.base import Provider
 from relaygate.routing.discovery import MAX_LIST_BYTES
+from relaygate.transport import NO_OPTIONS, RequestOptions, TransportError
 
 CONCURRENCY = 8
 CHECK_TIMEOUT_S = 30.0
@@ -44,14 +45,20 @@ async def _check_one(gw: Gateway, provider: Provider, pool: KeyPool, key: KeySta
         return CheckResult(provider.name, key.key_id, "ok (no upstream)", None, None)
     started = time.monotonic()
     try:
+        options = NO_OPTIONS if key.proxy is None else RequestOptions(proxy=key.proxy)
         response = await provider.send(
-            gw.upstream(), request, timeout_s=min(CHECK_TIMEOUT_S, provider.config.timeout_s)
+            gw.transports.get(provider.name),
+            request,
+            timeout_s=min(CHECK_TIMEOUT_S, provider.config.timeout_s),
+            options=options,
         )
         try:
             async with asyncio.timeout(CHECK_TIMEOUT_S):
                 body = await response.read(MAX_LIST_BYTES)
         finally:
             response.close()
+    except TransportError as exc:  # a proxy, a connect timeout, a bound: the key is not judged
+        return CheckResult(provider.name, key.key_id, f"unreachable ({exc.code})", None, None)
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         return CheckResult(
             provider.name, key.key_id, f"unreachable ({type(exc).__name__})", None, None

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from relaygate.errors import ConfigError
-from relaygate.providers._http import UpstreamClient
+from relaygate.transport.base import NO_OPTIONS, RequestOptions, Transport
 from relaygate.types import Failure, NativeBody, UpstreamRequest, UpstreamResponse, Usage
 
 if TYPE_CHECKING:
@@ -169,15 +169,22 @@ class Provider(ABC):
         return self.build_request(body, model=model, key=key, stream=False)
 
     async def send(
-        self, session: UpstreamClient, request: UpstreamRequest, *, timeout_s: float | None
+        self,
+        transport: Transport,
+        request: UpstreamRequest,
+        *,
+        timeout_s: float | None,
+        options: RequestOptions = NO_OPTIONS,
     ) -> UpstreamResponse:
         """Send and wait for the status line and headers (the first byte), within timeout_s;
         None: the caller watches the time (the attempt loop's one deadline per attempt).
-        `request.read_timeout_s` is not used here: stream silences are watched by the relay."""
+        `options`: the key's own proxy. `request.read_timeout_s` is not used here: stream
+        silences are watched by the relay."""
+        method, url, headers, body = request.method, request.url, request.headers, request.body
         if timeout_s is None:
-            return await session.request(request.method, request.url, request.headers, request.body)
+            return await transport.request(method, url, headers, body, options)
         async with asyncio.timeout(timeout_s):
-            return await session.request(request.method, request.url, request.headers, request.body)
+            return await transport.request(method, url, headers, body, options)
 
     @abstractmethod
     def parse_response(self, body: bytes, *, model: str) -> tuple[bytes, Usage | None]:

@@ -10,10 +10,10 @@ from typing import Any
 
 import orjson
 
-from relaygate.providers._http import UpstreamClient
 from relaygate.providers._openai_compat import OpenAICompatProvider
 from relaygate.providers._sse import data_event
 from relaygate.providers.base import ProviderMeta
+from relaygate.transport.base import NO_OPTIONS, RequestOptions, Transport
 from relaygate.types import Failure, UpstreamRequest, UpstreamResponse
 
 META = ProviderMeta(kind="echo", needs_key=False)
@@ -119,7 +119,12 @@ class Provider(OpenAICompatProvider):
         return UpstreamRequest("POST", "echo:", {}, json=payload)
 
     async def send(
-        self, session: UpstreamClient, request: UpstreamRequest, *, timeout_s: float | None
+        self,
+        transport: Transport,
+        request: UpstreamRequest,
+        *,
+        timeout_s: float | None,
+        options: RequestOptions = NO_OPTIONS,
     ) -> UpstreamResponse:
         assert request.json is not None
         return _EchoResponse(request.json, str(request.json["model"]))

@@ -21,7 +21,6 @@ from relaygate.errors import (
     UpstreamTimeout,
 )
 from relaygate.keys.pool import KeyPool, Lease
-from relaygate.providers._http import UpstreamBodyTooLarge, UpstreamClient
 from relaygate.providers._sse import EventTooLarge
 from relaygate.providers.base import (
     MAX_UPSTREAM_BODY,
@@ -33,6 +32,7 @@ from relaygate.providers.base import (
     native_codec,
 )
 from relaygate.routing.deadlines import Watchdog
+from relaygate.transport import NO_OPTIONS, RequestOptions, Transport, TransportError
 from relaygate.types import Failure, NativeBody, Target, UpstreamResponse, Usage
 
 log = logging.getLogger("relaygate.attempts")
@@ -74,7 +74,7 @@ class AttemptLoop:
         *,
         providers: Mapping[str, Provider],
         pools: Mapping[str, KeyPool],
-        session: Callable[[], UpstreamClient],
+        session: Callable[[str], Transport],
         retry: RetryConfig,
         on_attempt: Callable[[str, str], None] | None = None,
         redact: Callable[[str], str] = str,
@@ -152,7 +152,7 @@ class AttemptLoop:
                 )
                 if result.kind == "bad_request":
                     raise _counted(_rejected(result), attempts)
-                if result.kind in ("server", "timeout"):
+                if result.kind in ("server", "timeout", "transport"):
                     server_failures += 1
                     await self._backoff(server_failures, deadline)
         if untranslatable is not None and last is None and not waits:
@@ -167,6 +167,12 @@ class AttemptLoop:
             await asyncio.sleep(delay)
 
     def _final(self, last: Failure | None, waits: list[float], attempts: int) -> RelaygateError:
+        if last is not None and last.kind == "transport":  # the way failed, not the key
+            error = UpstreamTimeout if last.status == 504 else UpstreamError
+            return error(
+                f"The way to the upstream failed ({attempts} attempts): {last.message}.",
+                code=last.code,
+            )
         if last is not None and last.kind == "timeout":
             return UpstreamTimeout(f"The upstream did not answer in time ({attempts} attempts).")
         if last is not None and last.kind == "server":
@@ -210,7 +216,10 @@ class AttemptLoop:
         response: UpstreamResponse | None = None
         try:
             with self.watchdog.guard(timeout_s):  # the attempt, up to its first output
-                response = await provider.send(self.session(), request, timeout_s=None)
+                proxy = lease.proxy
+                options = NO_OPTIONS if proxy is None else RequestOptions(proxy=proxy)
+                transport = self.session(target.provider)
+                response = await provider.send(transport, request, timeout_s=None, options=options)
                 if response.status >= 400:
                     raw = await response.read(1024 * 1024)
                     return provider.classify_error(response.status, response.headers, raw)
@@ -234,9 +243,11 @@ class AttemptLoop:
             return started
         except InBandFailure as exc:
             return exc.failure
+        except TransportError as exc:  # before OSError: none of these blames the key
+            return Failure("transport", exc.status, str(exc), code=exc.code)
         except TimeoutError:
             return Failure("timeout", 504, "no answer before the timeout")
-        except (OSError, UpstreamBodyTooLarge, EventTooLarge) as exc:
+        except (OSError, EventTooLarge) as exc:
             return Failure("server", 502, f"connection failed: {type(exc).__name__}")
         finally:
             if response is not None:

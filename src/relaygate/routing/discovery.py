@@ -12,9 +12,9 @@ from collections.abc import Callable, Mapping
 import aiohttp
 
 from relaygate.keys.pool import KeyPool
-from relaygate.providers._http import UpstreamClient
 from relaygate.providers.base import Provider
 from relaygate.routing.router import Router
+from relaygate.transport import Transport, TransportError
 
 log = logging.getLogger("relaygate.routing")
 EVERY_S = 300.0
@@ -36,7 +36,7 @@ def listing_key(pool: KeyPool, needs_key: bool) -> tuple[bool, str | None]:
 
 
 async def list_models(
-    provider: Provider, key: str | None, session: UpstreamClient, timeout_s: float = TIMEOUT_S
+    provider: Provider, key: str | None, session: Transport, timeout_s: float = TIMEOUT_S
 ) -> tuple[int | None, list[str] | None]:
     """(status, model ids) of one listing: ids None when it failed (status None: no answer)."""
     request = provider.models_request(key)
@@ -49,7 +49,7 @@ async def list_models(
                 body = await response.read(MAX_LIST_BYTES)
             finally:
                 response.close()
-    except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError, ValueError, TransportError) as exc:
         log.info("model list of %s: no answer (%s)", provider.name, type(exc).__name__)
         return None, None
     if response.status >= 400:
@@ -64,7 +64,7 @@ class Discovery:
         providers: Mapping[str, Provider],
         pools: Mapping[str, KeyPool],
         router: Router,
-        session: Callable[[], UpstreamClient],
+        session: Callable[[str], Transport],  # the provider's transport
         every_s: float = EVERY_S,
     ) -> None:
         self.providers = providers
@@ -82,7 +82,7 @@ class Discovery:
             if not can or provider.models_request(key) is None:
                 return
             async with gate:
-                _, found = await list_models(provider, key, self.session())
+                _, found = await list_models(provider, key, self.session(name))
             if found is not None:
                 self.router.learn(name, found)
 

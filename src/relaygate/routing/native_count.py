@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 
-from relaygate.providers._http import UpstreamBodyTooLarge
 from relaygate.providers.base import native_codec
 from relaygate.routing.attempts import AttemptLoop
+from relaygate.transport import NO_OPTIONS, RequestOptions
 from relaygate.types import NativeBody, Target
 
 log = logging.getLogger("relaygate.attempts")
@@ -37,7 +37,10 @@ async def native_count(loop: AttemptLoop, plan: list[Target], native: NativeBody
         request = count(provider, native, target.model, lease.secret)
         timeout = min(provider.config.timeout_s, COUNT_TIMEOUT_S)
         with loop.watchdog.guard(timeout):
-            response = await provider.send(loop.session(), request, timeout_s=None)
+            proxy = lease.proxy
+            options = NO_OPTIONS if proxy is None else RequestOptions(proxy=proxy)
+            transport = loop.session(target.provider)
+            response = await provider.send(transport, request, timeout_s=None, options=options)
             raw = await response.read(MAX_COUNT_BODY)
         if response.status >= 400:
             failure = provider.classify_error(response.status, response.headers, raw)
@@ -47,7 +50,7 @@ async def native_count(loop: AttemptLoop, plan: list[Target], native: NativeBody
             return None
         tokens: int | None = parse(raw)
         return tokens
-    except (OSError, TimeoutError, UpstreamBodyTooLarge, ValueError) as exc:
+    except (OSError, TimeoutError, ValueError) as exc:  # TransportError is an OSError
         log.info("token count on %s failed: %s", target.provider, type(exc).__name__)
         return None
     finally:

@@ -1,22 +1,21 @@
 """The `Transport` Protocol: one method that sends a request and returns once the status line
 and headers arrived (an `UpstreamResponse` of types.py, body still to read), and `aclose`.
-
-Adapter note for the own HTTP/1.1 client (providers/_http.py, UpstreamClient): its
-`request(method, url, headers, body)` already returns an UpstreamResponse; it meets this
-Protocol once it takes the keyword `options` (and refuses a `proxy` in it: it speaks no proxy,
-so `options.needs_library` sends a provider with a proxy to the library transport) and its
-`close` is offered as `aclose`. Its errors keep their classes (OSError subclasses); the attempt
-loop maps TransportError (errors.py) first, since none of those blames the key."""
+Every implementation raises TransportError (errors.py) where the way to the upstream failed;
+the attempt loop maps it before OSError, since none of those blames the key. The own client
+(own.py) refuses a `proxy` in the options: it speaks none, so a provider with a proxy is served
+by the library transport (pool.py chooses)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
-from relaygate.types import UpstreamResponse
+from relaygate.types import StreamedBody, UpstreamResponse
 
-Body = bytes | AsyncIterable[bytes] | None  # an async iterable is sent chunked (streamed uploads)
+# a StreamedBody (an upload of known length) is sent as it is read; a bare async iterable of
+# bytes is sent chunked (the library transports only)
+Body = bytes | StreamedBody | AsyncIterable[bytes] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,3 +45,12 @@ class Transport(Protocol):
         TimeoutError (read_timeout_s passed)."""
 
     async def aclose(self) -> None: ...
+
+
+def streamed_body(body: Body, headers: dict[str, str]) -> StreamedBody | None:
+    """`body` when it is a StreamedBody (its length set as the Content-Length in `headers`)."""
+    if body is None or isinstance(body, bytes) or getattr(body, "length", None) is None:
+        return None
+    streamed = cast(StreamedBody, body)
+    headers["Content-Length"] = str(streamed.length)
+    return streamed

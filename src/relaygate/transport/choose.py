@@ -1,6 +1,6 @@
 """Which library transport serves a provider's options: the HTTP/2 one when `http2: true`,
-else the aiohttp one. (The own HTTP/1.1 client is chosen above this, by options.needs_library,
-until it moves into this package.)"""
+else the aiohttp one. (Whether the library or the own HTTP/1.1 client serves a provider at all
+is pool.py's choice, by options.needs_library.)"""
 
 from __future__ import annotations
 

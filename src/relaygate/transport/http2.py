@@ -8,12 +8,13 @@ bounded by h2's header-list limit (64 KiB) and `max_header_count`. SOCKS is not 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from typing import cast
 
 import httpx
 
 from relaygate.transport._decode import BoundedDecoder
-from relaygate.transport.base import NO_OPTIONS, Body, RequestOptions
+from relaygate.transport.base import NO_OPTIONS, Body, RequestOptions, streamed_body
 from relaygate.transport.errors import (
     BodyTooLarge,
     ConnectTimeout,
@@ -23,6 +24,7 @@ from relaygate.transport.errors import (
 )
 from relaygate.transport.options import TransportOptions, warn_unverified
 
+Content = bytes | AsyncIterable[bytes] | None
 MAX_CLIENTS = 256  # one per proxy; as many as the config names
 
 
@@ -119,7 +121,9 @@ class Http2Transport:
             pool=self.options.connect_timeout_s,
             read=options.read_timeout_s,
         )
-        request = client.build_request(method, url, headers=sent, content=body, timeout=timeout)
+        streamed = streamed_body(body, sent)
+        content = streamed.chunks() if streamed is not None else cast(Content, body)
+        request = client.build_request(method, url, headers=sent, content=content, timeout=timeout)
         try:
             resp = await client.send(request, stream=True)
         except httpx.HTTPError as exc:

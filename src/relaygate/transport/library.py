@@ -19,7 +19,7 @@ import aiohttp
 import aiohttp_socks
 
 from relaygate.transport._library_response import LibraryResponse
-from relaygate.transport.base import NO_OPTIONS, Body, RequestOptions
+from relaygate.transport.base import NO_OPTIONS, Body, RequestOptions, streamed_body
 from relaygate.transport.errors import (
     ConnectTimeout,
     HeadersTooLarge,
@@ -111,7 +111,9 @@ class LibraryTransport:
             sock_connect=self.options.connect_timeout_s,
             sock_read=options.read_timeout_s,
         )
-        resend = isinstance(body, bytes | None)  # an iterable body cannot be sent twice
+        streamed = streamed_body(body, sent)
+        # a bare iterable body cannot be sent twice; a StreamedBody starts again on each read
+        resend = isinstance(body, bytes | None) or streamed is not None
         while True:
             ctx = SimpleNamespace(reused=False)
             try:
@@ -119,7 +121,7 @@ class LibraryTransport:
                     method,
                     url,
                     headers=sent,
-                    data=body,
+                    data=body if streamed is None else streamed.chunks(),
                     proxy=None if socks else proxy,
                     timeout=timeout,
                     allow_redirects=False,
@@ -139,6 +141,9 @@ class LibraryTransport:
                 raise _mapped(exc) from None
             except TimeoutError as exc:  # aiohttp's connect timeouts are TimeoutErrors too
                 raise _mapped(exc) from None
+            if resp.status == 407 and proxy and not socks:  # a plain-http request's proxy
+                resp.release()
+                raise ProxyError("the proxy refused the credentials (407)")
             return LibraryResponse(resp, self.options.max_body_bytes)
 
     async def aclose(self) -> None:

@@ -5,10 +5,11 @@ it where a real socket would only repeat what the library transport's own tests 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
-from relaygate.transport.base import NO_OPTIONS, Body, RequestOptions
+from relaygate.transport.base import NO_OPTIONS, Body, RequestOptions, streamed_body
 from relaygate.transport.errors import BodyTooLarge
 
 
@@ -82,8 +83,11 @@ class MockTransport:
     ) -> MockResponse:
         if self.closed:
             raise RuntimeError("the transport is closed")
-        if body is not None and not isinstance(body, bytes):
-            body = b"".join([chunk async for chunk in body])
+        streamed = streamed_body(body, {})
+        if streamed is not None:
+            body = b"".join([chunk async for chunk in streamed.chunks()])
+        elif body is not None and not isinstance(body, bytes):
+            body = b"".join([chunk async for chunk in cast(AsyncIterable[bytes], body)])
         sent = SentRequest(method, url, dict(headers), body, options)
         self.sent.append(sent)
         if self.replies:

@@ -1,4 +1,4 @@
-"""The upstream HTTP/1.1 client (providers/_http.py) against a scripted raw server: bodies by
+"""The own HTTP/1.1 transport (transport/own.py) against a scripted raw server: bodies by
 Content-Length, chunks or the end of the connection, gzip and deflate, keep-alive reuse and when a
 connection must not be reused, answers cut short, garbage, the body limit, flow control of a big
 stream, cancellation, what is sent (headers, no newline injection), and TLS."""
@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from relaygate.providers._http import (
+from relaygate.transport.options import TransportOptions
+from relaygate.transport.own import (
+    OwnTransport,
     UpstreamBodyTooLarge,
-    UpstreamClient,
     UpstreamDisconnected,
     UpstreamProtocolError,
 )
@@ -99,7 +100,7 @@ def chunked(*pieces: bytes, end: bool = True) -> bytes:
     return out + (b"0\r\n\r\n" if end else b"")
 
 
-async def post(client: UpstreamClient, server: Server, body: bytes = b"{}", **headers: str):
+async def post(client: OwnTransport, server: Server, body: bytes = b"{}", **headers: str):
     return await client.request("POST", server.url, headers, body)
 
 
@@ -110,7 +111,7 @@ def run(coro: Awaitable[None]) -> None:
 def test_content_length_and_keep_alive_reuse_one_connection():
     async def main() -> None:
         async with Server([ok(b'{"a":1}'), ok(b'{"b":2}', b"X-Thing: yes\r\n")]) as server:
-            client = UpstreamClient()
+            client = OwnTransport()
             first = await post(client, server, authorization="Bearer k")
             assert first.status == 200 and await first.read(1000) == b'{"a":1}'
             first.close()
@@ -119,7 +120,7 @@ def test_content_length_and_keep_alive_reuse_one_connection():
             assert await second.read(1000) == b'{"b":2}'
             second.close()
             assert server.connections == 1
-            await client.close()
+            await client.aclose()
 
     run(main())
 
@@ -127,7 +128,7 @@ def test_content_length_and_keep_alive_reuse_one_connection():
 def test_what_is_sent():
     async def main() -> None:
         async with Server([ok(b"{}")]) as server:
-            client = UpstreamClient()
+            client = OwnTransport()
             resp = await post(client, server, b'{"x":1}', **{"content-type": "application/json"})
             resp.close()
             head, _, body = server.requests[0].partition(b"\r\n\r\n")
@@ -143,7 +144,7 @@ def test_what_is_sent():
             assert body == b'{"x":1}'
             with pytest.raises(ValueError):
                 await post(client, server, authorization="Bearer k\r\nX-Evil: 1")
-            await client.close()
+            await client.aclose()
 
     run(main())
 
@@ -156,13 +157,13 @@ def test_chunked_and_eof_delimited_bodies():
             ok(b"fresh"),
         ]
         async with Server(replies) as server:
-            client = UpstreamClient()
+            client = OwnTransport()
             for expected in (b"hello", b"until the end", b"fresh"):
                 resp = await post(client, server)
                 assert await resp.read(1000) == expected
                 resp.close()
             assert server.connections == 2  # the close-delimited answer ended its connection
-            await client.close()
+            await client.aclose()
 
     run(main())
 
@@ -176,7 +177,7 @@ def test_gzip_and_deflate_answers_are_decoded():
             ok(b"not gzip at all", b"Content-Encoding: gzip\r\n"),
         ]
         async with Server(replies) as server:
-            client = UpstreamClient()
+            client = OwnTransport()
             for _ in range(2):
                 resp = await post(client, server)
                 assert await resp.read(10_000) == text
@@ -185,7 +186,7 @@ def test_gzip_and_deflate_answers_are_decoded():
             with pytest.raises(UpstreamProtocolError):
                 await resp.read(10_000)
             resp.close()
-            await client.close()
+            await client.aclose()
 
     run(main())
 
@@ -200,7 +201,7 @@ def test_cut_answers_fail_and_are_not_reused():
             ok(b"fine"),
         ]
         async with Server(replies) as server:
-            client = UpstreamClient()
+            client = OwnTransport()
             resp = await post(client, server)
             with pytest.raises(UpstreamDisconnected):
                 await resp.read(1000)
@@ -218,7 +219,7 @@ def test_cut_answers_fail_and_are_not_reused():
             assert await resp.read(100) == b"fine"
             resp.close()
             assert server.connections == 5
-            await client.close()
+            await client.aclose()
 
     run(main())
 
@@ -226,7 +227,7 @@ def test_cut_answers_fail_and_are_not_reused():
 def test_an_idle_connection_the_server_closed_is_not_reused():
     async def main() -> None:
         async with Server([ok(b"one", keep=False), ok(b"two")]) as server:
-            client = UpstreamClient()
+            client = OwnTransport()
             resp = await post(client, server)
             assert await resp.read(100) == b"one"
             resp.close()
@@ -235,7 +236,7 @@ def test_an_idle_connection_the_server_closed_is_not_reused():
             assert await resp.read(100) == b"two"
             resp.close()
             assert server.connections == 2
-            await client.close()
+            await client.aclose()
 
     run(main())
 
@@ -246,7 +247,7 @@ def test_the_body_limit_and_an_unread_answer_close_the_connection():
     async def main() -> None:
         replies = [ok(b"x" * big), ok(b"y" * big), ok(b"z" * 5000), ok(b"w" * 10), ok(b"!")]
         async with Server(replies) as server:
-            client = UpstreamClient()
+            client = OwnTransport()
             resp = await post(client, server)
             with pytest.raises(UpstreamBodyTooLarge):
                 await resp.read(4096)
@@ -264,7 +265,7 @@ def test_the_body_limit_and_an_unread_answer_close_the_connection():
             assert await resp.read(10) == b"!"
             resp.close()
             assert server.connections == 3
-            await client.close()
+            await client.aclose()
 
     run(main())
 
@@ -274,7 +275,7 @@ def test_a_big_stream_is_relayed_whole_with_reading_paused_in_between():
 
     async def main() -> None:
         async with Server([raw(chunked(*[piece] * 60)), ok(b"after")]) as server:
-            client = UpstreamClient()
+            client = OwnTransport()
             resp = await post(client, server)
             got = 0
             async for data in resp.iter_chunks():
@@ -286,7 +287,7 @@ def test_a_big_stream_is_relayed_whole_with_reading_paused_in_between():
             assert await resp.read(100) == b"after"
             resp.close()
             assert server.connections == 1
-            await client.close()
+            await client.aclose()
 
     run(main())
 
@@ -294,7 +295,7 @@ def test_a_big_stream_is_relayed_whole_with_reading_paused_in_between():
 def test_cancelled_while_waiting_for_the_answer_the_connection_is_dropped():
     async def main() -> None:
         async with Server([raw(b"", pause=5), ok(b"next")]) as server:
-            client = UpstreamClient()
+            client = OwnTransport()
             task = asyncio.create_task(post(client, server))
             await asyncio.sleep(0.05)
             task.cancel()
@@ -304,14 +305,14 @@ def test_cancelled_while_waiting_for_the_answer_the_connection_is_dropped():
             assert await resp.read(100) == b"next"
             resp.close()
             assert server.connections == 2
-            await client.close()
+            await client.aclose()
 
     run(main())
 
 
 def test_refused_connections_are_os_errors():
     async def main() -> None:
-        client = UpstreamClient()
+        client = OwnTransport()
         with pytest.raises(OSError):
             await client.request("POST", "http://127.0.0.1:1/v1/chat/completions", {}, b"{}")
         with pytest.raises(ValueError):
@@ -337,16 +338,16 @@ def test_tls(tmp_path: Path):
 
     async def main() -> None:
         async with Server([ok(b"secret"), ok(b"again")], tls=server_tls) as server:
-            untrusting = UpstreamClient()  # the system's trust store does not know this cert
+            untrusting = OwnTransport()  # the system's trust store does not know this cert
             with pytest.raises(ssl.SSLError):
                 await post(untrusting, server)
-            trusting = UpstreamClient(tls=ssl.create_default_context(cafile=str(cert)))
+            trusting = OwnTransport(tls=ssl.create_default_context(cafile=str(cert)))
             for expected in (b"secret", b"again"):
                 resp = await post(trusting, server)
                 assert await resp.read(100) == expected
                 resp.close()
             assert server.connections == 1  # kept alive (the failed handshake never got served)
-            await trusting.close()
+            await trusting.aclose()
 
     run(main())
 
@@ -354,7 +355,7 @@ def test_tls(tmp_path: Path):
 def test_a_host_name_is_resolved_once_and_its_addresses_tried_in_turn():
     async def main() -> None:
         async with Server([ok(b"one", keep=False), ok(b"two")]) as server:
-            client = UpstreamClient()
+            client = OwnTransport()
             url = f"http://localhost:{server.port}/v1/chat/completions"  # ::1 may refuse first
             for expected in (b"one", b"two"):
                 resp = await client.request("POST", url, {}, b"{}")
@@ -363,19 +364,15 @@ def test_a_host_name_is_resolved_once_and_its_addresses_tried_in_turn():
                 await asyncio.sleep(0.02)
             assert b"Host: localhost:%d" % server.port in server.requests[0]
             assert list(client._dns) == [("localhost", server.port)]
-            await client.close()
+            await client.aclose()
 
     run(main())
 
 
-def test_idle_connections_past_the_keepalive_are_closed_even_when_quiet(monkeypatch):
-    from relaygate.providers import _http
-
-    monkeypatch.setattr(_http, "KEEPALIVE_S", 0.05)
-
+def test_idle_connections_past_the_keepalive_are_closed_even_when_quiet():
     async def main() -> None:
         async with Server([ok(b"one"), ok(b"two")]) as server:
-            client = UpstreamClient()
+            client = OwnTransport(TransportOptions(keepalive_s=0.05))
             resp = await post(client, server)
             assert await resp.read(100) == b"one"
             resp.close()
@@ -386,14 +383,14 @@ def test_idle_connections_past_the_keepalive_are_closed_even_when_quiet(monkeypa
             assert await resp.read(100) == b"two"
             resp.close()
             assert server.connections == 2
-            await client.close()
+            await client.aclose()
 
     run(main())
 
 
 def test_an_upstream_url_with_a_space_or_newline_is_refused():
     async def main() -> None:
-        client = UpstreamClient()
+        client = OwnTransport()
         for url in ("http://127.0.0.1:1/v1/chat completions", "http://127.0.0.1:1/v1\r\nX: y"):
             with pytest.raises(ValueError):
                 await client.request("POST", url, {}, b"{}")

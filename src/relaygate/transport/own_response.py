@@ -1,5 +1,6 @@
-"""An upstream answer as the client of providers/_http.py hands it over: status and headers
-once they arrived, then the body as it comes (read whole, or chunk by chunk for streams)."""
+"""An upstream answer as the own client (own.py) hands it over: status and headers once they
+arrived, then the body as it comes (read whole, or chunk by chunk for streams), decoded (gzip,
+deflate) in bounded steps and capped in total (BodyTooLarge: a gzip bomb stops at the cap)."""
 
 from __future__ import annotations
 
@@ -11,15 +12,21 @@ from typing import TYPE_CHECKING
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-if TYPE_CHECKING:
-    from relaygate.providers._http import _Connection
+from relaygate.transport.errors import BodyTooLarge
 
+if TYPE_CHECKING:
+    from relaygate.transport._own_connection import Connection
+
+STEP = 256 * 1024  # decoded bytes per step: a bomb costs no more than its cap plus one step
 HIGH_WATER = 1024 * 1024  # buffered body bytes before reading from the socket pauses
 UNDECODABLE = "the upstream sent a body that does not decode"
 
 
-class UpstreamBodyTooLarge(Exception):
+class UpstreamBodyTooLarge(BodyTooLarge):
     """An answer's body grew past the limit its reader set."""
+
+    def __init__(self, message: str = "the upstream's answer is larger than its reader takes"):
+        super().__init__(message)
 
 
 class UpstreamDisconnected(ConnectionResetError):
@@ -39,16 +46,20 @@ class Response:
         "_decoder",
         "_error",
         "_headers",
+        "_max",
         "_raw_headers",
         "_size",
+        "_total",
         "_waiter",
         "complete",
         "ends_at_eof",
         "status",
     )
 
-    def __init__(self, conn: _Connection) -> None:
-        self._conn: _Connection | None = conn
+    def __init__(self, conn: Connection, max_body: int) -> None:
+        self._conn: Connection | None = conn
+        self._max = max_body  # decoded bytes in all (the transport's cap)
+        self._total = 0
         self._chunks: deque[bytes] = deque()
         self._size = 0  # bytes buffered, not yet taken
         self._waiter: asyncio.Future[None] | None = None
@@ -78,9 +89,19 @@ class Response:
             waiter.set_result(None)
 
     def _body(self, data: bytes) -> None:
-        if self._decoder is not None:
-            data = self._decoder.decompress(data)
+        decoder = self._decoder
+        if decoder is None:
+            self._take(data)
+            return
+        while data:
+            self._take(decoder.decompress(data, STEP))
+            data = decoder.unconsumed_tail
+
+    def _take(self, data: bytes) -> None:
         if data:
+            self._total += len(data)
+            if self._total > self._max:
+                raise BodyTooLarge(f"the upstream's answer is larger than {self._max} bytes")
             self._chunks.append(data)
             self._size += len(data)
             self._wake()
@@ -88,11 +109,8 @@ class Response:
     def _end(self) -> None:
         if self._error is not None:
             return
-        if self._decoder is not None:
-            tail = self._decoder.flush()
-            if tail:
-                self._chunks.append(tail)
-                self._size += len(tail)
+        if self._decoder is not None:  # its input was all taken in steps: a small tail
+            self._take(self._decoder.flush())
         self.complete = True
         self._wake()
 
