@@ -90,8 +90,14 @@ class Response:
 
     def _body(self, data: bytes) -> None:
         decoder = self._decoder
-        if decoder is None:
-            self._take(data)
+        if decoder is None:  # the common case, inlined: one add and one compare per piece
+            size = len(data)
+            self._total += size
+            if self._total > self._max:
+                raise BodyTooLarge(f"the upstream's answer is larger than {self._max} bytes")
+            self._chunks.append(data)
+            self._size += size
+            self._wake()
             return
         while data:
             self._take(decoder.decompress(data, STEP))
