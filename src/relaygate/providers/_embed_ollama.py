@@ -13,7 +13,7 @@ import orjson
 from relaygate.providers import _embeddings as em
 from relaygate.providers._native import as_int, load_json
 from relaygate.providers._passthrough import PassthroughRelay, Reader
-from relaygate.providers.base import InBandFailure, Provider
+from relaygate.providers.base import InBandFailure, Provider, bearer_headers
 from relaygate.types import Failure, NativeBody, UpstreamRequest, Usage
 
 
@@ -23,10 +23,7 @@ def build(provider: Provider, body: NativeBody, model: str, key: str | None) -> 
     out: dict[str, Any] = {"model": model, "input": texts[0] if request.single else texts}
     if request.dimensions is not None:
         out["dimensions"] = request.dimensions
-    headers = {"content-type": "application/json"}
-    if key:
-        headers["authorization"] = f"Bearer {key}"
-    headers.update(provider.config.headers)
+    headers = bearer_headers(provider, key)
     return UpstreamRequest("POST", provider.base_url + "/api/embed", headers, orjson.dumps(out))
 
 

@@ -17,7 +17,7 @@ from relaygate.providers import _embeddings as em
 from relaygate.providers._native import load_json
 from relaygate.providers._openai_compat import OpenAICompatProvider
 from relaygate.providers._passthrough import PassthroughRelay, Reader
-from relaygate.providers.base import InBandFailure
+from relaygate.providers.base import InBandFailure, bearer_headers
 from relaygate.types import Failure, NativeBody, UpstreamRequest, Usage
 
 
@@ -31,10 +31,7 @@ def build(
         out = {"model": model, "input": request.texts(provider.name), "encoding_format": "float"}
         if request.dimensions is not None:
             out["dimensions"] = request.dimensions
-    headers = {"content-type": "application/json"}
-    if key:
-        headers["authorization"] = f"Bearer {key}"
-    headers.update(provider.config.headers)
+    headers = bearer_headers(provider, key)
     return UpstreamRequest("POST", provider.base_url + "/embeddings", headers, orjson.dumps(out))
 
 

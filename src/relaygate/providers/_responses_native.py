@@ -12,7 +12,7 @@ import orjson
 from relaygate.providers._native import as_int, load_json
 from relaygate.providers._openai_compat import OpenAICompatProvider
 from relaygate.providers._passthrough import PassthroughRelay, Reader
-from relaygate.providers.base import InBandFailure
+from relaygate.providers.base import InBandFailure, bearer_headers
 from relaygate.types import Failure, NativeBody, UpstreamRequest, Usage
 
 _TERMINAL = frozenset({"response.completed", "response.incomplete"})
@@ -22,10 +22,7 @@ _OUTPUT = frozenset({"response.output_text.delta", "response.function_call_argum
 def build(
     provider: OpenAICompatProvider, body: NativeBody, model: str, key: str | None
 ) -> UpstreamRequest:
-    headers = {"content-type": "application/json"}
-    if key:
-        headers["authorization"] = f"Bearer {key}"
-    headers.update(provider.config.headers)
+    headers = bearer_headers(provider, key)
     payload = orjson.dumps({**body.body, "model": model, "store": False})  # stateless (SPEC §7a)
     return UpstreamRequest("POST", provider.base_url + "/responses", headers, payload)
 

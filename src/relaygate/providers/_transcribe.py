@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from relaygate.providers.base import Provider, StreamRelay
+from relaygate.providers.base import Provider, StreamRelay, bearer_headers
 from relaygate.types import NativeBody, Upload, UpstreamRequest, Usage
 
 CHUNK = 256 * 1024  # bytes read from the spool per write
@@ -75,10 +75,7 @@ class MultipartBody:
 def build(provider: Provider, body: NativeBody, model: str, key: str | None) -> UpstreamRequest:
     upload: Upload = body.body["upload"]
     form = MultipartBody(upload, model)
-    headers = {"content-type": form.content_type}
-    if key:
-        headers["authorization"] = f"Bearer {key}"
-    headers.update(provider.config.headers)
+    headers = bearer_headers(provider, key, form.content_type)
     return UpstreamRequest("POST", provider.base_url + "/audio/transcriptions", headers, form)
 
 

@@ -200,6 +200,18 @@ class Provider(ABC):
 # --- helpers shared by provider modules -------------------------------------------------------
 
 
+def bearer_headers(
+    provider: Provider, key: str | None, content_type: str = "application/json"
+) -> dict[str, str]:
+    """The headers of a call to an upstream that takes its key as a bearer token: the body's
+    content type, the key when there is one, then the provider's configured headers."""
+    headers = {"content-type": content_type}
+    if key:
+        headers["authorization"] = f"Bearer {key}"
+    headers.update(provider.config.headers)
+    return headers
+
+
 def listed_ids(body: bytes, field: str, name: str) -> list[str]:
     """`body[field][*][name]` as strings, skipping anything of another shape."""
     import orjson
