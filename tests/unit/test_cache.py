@@ -113,6 +113,8 @@ def test_a_stream_without_usage_is_not_kept():
 
 
 class Broken:
+    local = False
+
     def __init__(self, exc: BaseException | None = None, hang: bool = False) -> None:
         self.exc, self.hang, self.calls = exc, hang, 0
 

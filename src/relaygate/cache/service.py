@@ -64,16 +64,20 @@ class CacheService:
         return self._down_until <= self.clock()
 
     async def lookup(self, key: str) -> Entry | None:
-        """The live entry of `key`, or None; raises Unavailable when the backend is away."""
-        if not self.available:
-            raise Unavailable
-        try:
-            async with asyncio.timeout(TIMEOUT_S):
-                raw = await self.backend.get(key)
-        except (StateUnavailable, TimeoutError, OSError) as exc:
-            self._failed(exc)
-            raise Unavailable from None
-        self._recovered()
+        """The live entry of `key`, or None; raises Unavailable when the backend is away. A
+        backend in this process's memory is asked without a timeout (it never waits)."""
+        if self.backend.local:
+            raw = await self.backend.get(key)
+        else:
+            if not self.available:
+                raise Unavailable
+            try:
+                async with asyncio.timeout(TIMEOUT_S):
+                    raw = await self.backend.get(key)
+            except (StateUnavailable, TimeoutError, OSError) as exc:
+                self._failed(exc)
+                raise Unavailable from None
+            self._recovered()
         return None if raw is None else Entry.decode(raw)
 
     async def store(self, key: str, entry: Entry) -> None:

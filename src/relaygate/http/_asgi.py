@@ -13,6 +13,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from relaygate.errors import InvalidRequest, PayloadTooLarge, RelaygateError
 from relaygate.formats.base import Door
+from relaygate.http._common import HOLD
 from relaygate.http.headers import error_headers
 
 JSON = (b"content-type", b"application/json")
@@ -93,9 +94,17 @@ async def answer_error(
     head = encoded(error_headers(exc))
     if rid:
         head.append((b"x-request-id", rid.encode("latin-1")))
+    await answer_whole(send, exc.status, head, body)
+
+
+async def answer_whole(
+    send: Send, status: int, head: list[tuple[bytes, bytes]], body: bytes
+) -> None:
+    """A whole JSON answer: `head` gains its length and content type; under relaygate's own
+    server the head and the body leave in one write (HOLD)."""
     head.append((b"content-length", str(len(body)).encode("latin-1")))
     head.append(JSON)
-    await send({"type": "http.response.start", "status": exc.status, "headers": head})
+    await send({"type": "http.response.start", "status": status, "headers": head, HOLD: True})
     await send({"type": "http.response.body", "body": body})
 
 

@@ -135,6 +135,9 @@ GONE = "relaygate.client_gone"  # set in the scope by http/server.py when the cl
 # set in the scope by http/server.py: it cancels a request whose client leaves before the answer
 # is complete, so a stream needs no watcher of its own (another ASGI server: the stream watches)
 WATCHED = "relaygate.watched"
+# a key of an `http.response.start` message: http/server.py keeps the head and writes it with the
+# first body part, one write for a whole answer (another ASGI server ignores the key)
+HOLD = "relaygate.hold"
 
 
 def cancelled_by_us(scope: Scope, gw: Gateway) -> bool:

@@ -25,7 +25,7 @@ from relaygate.auth.clients import ClientInfo
 from relaygate.cache.entry import Entry, StreamAssembler, replay_chunks
 from relaygate.cache.service import CacheService, Unavailable
 from relaygate.formats.base import Door
-from relaygate.http._asgi import JSON, Render, encoded, read_body
+from relaygate.http._asgi import Render, answer_whole, encoded, read_body
 from relaygate.http._common import parse_json
 from relaygate.http.doors import Route
 from relaygate.http.headers import limit_headers
@@ -240,12 +240,11 @@ class CachedPath:
                 "x-relaygate-cache": "hit",
             }
         )
-        if stream:
-            head.extend(_SSE_TAIL)
-            head.append((b"content-type", cls.stream_content_type))
-        else:
-            head.append((b"content-length", str(len(answer)).encode("latin-1")))
-            head.append(JSON)
+        if not stream:
+            await answer_whole(send, 200, head, answer)
+            return
+        head.extend(_SSE_TAIL)
+        head.append((b"content-type", cls.stream_content_type))
         await send({"type": "http.response.start", "status": 200, "headers": head})
         await send({"type": "http.response.body", "body": answer})
 

@@ -22,10 +22,10 @@ from relaygate.errors import InvalidRequest, RelaygateError, Unauthorized
 from relaygate.formats.base import Door, Untranslatable
 from relaygate.gateway import Gateway
 from relaygate.http._asgi import (
-    JSON,
     ClientGone,
     Render,
     answer_error,
+    answer_whole,
     encoded,
     google_key,
     not_allowed,
@@ -100,12 +100,8 @@ class Proxy:
                 if capture is not None:
                     capture.completed(result, call)
                 body = result.body if rendered is None else door_body(rendered, result.body)
-                head = encoded(answer_headers(result, call))
-                head.append((b"content-length", str(len(body)).encode("latin-1")))
-                head.append(JSON)
                 started = True
-                await send({"type": "http.response.start", "status": 200, "headers": head})
-                await send({"type": "http.response.body", "body": body})
+                await answer_whole(send, 200, encoded(answer_headers(result, call)), body)
                 if capture is not None:
                     await capture.store()
                 return
@@ -299,9 +295,7 @@ class Proxy:
                 if route.google_key
                 else anthropic_messages.count_tokens_body(tokens)
             )
-        head = [(b"content-length", str(len(body)).encode("latin-1")), JSON]
-        await send({"type": "http.response.start", "status": 200, "headers": head})
-        await send({"type": "http.response.body", "body": body})
+        await answer_whole(send, 200, [], body)
 
     async def _exact_count(self, scope: Scope, route: Route, request: dict[str, Any]) -> int | None:
         door = route.door

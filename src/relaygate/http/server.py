@@ -4,28 +4,41 @@ arrives within HEAD_TIMEOUT_S of the connection or the request starting (408); a
 BODY_TIMEOUT_S; framing that llhttp refuses (Content-Length with Transfer-Encoding, two
 Content-Lengths) is a 400. All of these answer in the SPEC's error shape and close the connection.
 A client that goes away before its answer started cancels the request's task (and so its upstream
-call). SIGTERM lets in-flight requests finish for `shutdown_grace_s`, then ends the rest."""
+call). A whole answer whose start message carries HOLD leaves in one write (head and body
+together: one syscall, not two). SIGTERM lets in-flight requests finish for `shutdown_grace_s`,
+then ends the rest."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import socket
 from collections.abc import Generator
 from typing import Any
 
 import httptools
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import (
+    HEADER_RE,
+    HEADER_VALUE_RE,
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
 from relaygate.errors import InvalidRequest
 from relaygate.gateway import Gateway
-from relaygate.http._common import GONE, WATCHED
+from relaygate.http._common import GONE, HOLD, WATCHED
 
 HEAD_MAX_BYTES = 64 * 1024
 HEAD_MAX_LINES = 100
 HEAD_TIMEOUT_S = 10.0
 BODY_TIMEOUT_S = 60.0
+# the collector's first threshold once the server is up (CPython's default is 700): a request
+# makes and drops a few dozen tracked objects, so 700 meant a young collection every ~30
+# requests, each walking the objects of every request in flight
+GC_YOUNG_THRESHOLD = 7000
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
@@ -45,6 +58,76 @@ def _answer(status: int, code: str, message: str) -> bytes:
             body,
         )
     )
+
+
+class OneWriteCycle(RequestResponseCycle):
+    """uvicorn's request cycle, but a start message marked HOLD is kept until its body, and a
+    whole answer (one body part, a Content-Length of its size) leaves in one write, rendered as
+    uvicorn renders it: status line, uvicorn's default headers, the app's, with uvicorn's checks
+    of names and values and its keep-alive rule. Anything else sent while a head is held gets
+    uvicorn's own path (a held head then goes first, or is dropped for a new start message such
+    as uvicorn's 500 after an app error)."""
+
+    _held: Any = None
+
+    async def send(self, message: Any) -> None:
+        held = self._held
+        if held is None:
+            if message.get(HOLD) and not self.response_started:
+                self._held = message
+                return
+            await super().send(message)
+            return
+        self._held = None
+        kind = message["type"]
+        if kind == "http.response.body" and not message.get("more_body"):
+            body = message.get("body", b"")
+            whole = self._whole(held, body)
+            if whole is not None:
+                if self.flow.write_paused and not self.disconnected:
+                    await self.flow.drain()
+                if self.disconnected:
+                    return
+                self.response_started = self.response_complete = True
+                self.chunked_encoding = False
+                self.transport.write(whole)
+                self.message_event.set()
+                if not self.keep_alive:
+                    self.transport.close()
+                self.on_response()
+                return
+        if kind == "http.response.body":
+            await super().send(held)
+        await super().send(message)
+
+    def _whole(self, held: Any, body: bytes) -> bytes | None:
+        """The answer's bytes, or None when uvicorn must render it (HEAD, no or another length,
+        a connection header of the app's)."""
+        if self.scope["method"] == "HEAD":
+            return None
+        headers = [*self.default_headers, *held.get("headers", ())]
+        length = b"%d" % len(body)
+        parts = [STATUS_LINE[held["status"]]]
+        seen_length = False
+        for name, value in headers:
+            if name == b"content-length":
+                if value != length:
+                    return None
+                seen_length = True
+            elif name in (b"connection", b"transfer-encoding"):
+                return None
+            parts += (name, b": ", value, b"\r\n")
+        if not seen_length:
+            return None
+        names = b"".join(name for name, _ in headers)
+        if HEADER_RE.search(names) or not names.islower():
+            raise RuntimeError("Invalid HTTP header name.")
+        if HEADER_VALUE_RE.search(b"\t".join(value for _, value in headers)):
+            raise RuntimeError("Invalid HTTP header value.")
+        if not self.keep_alive:
+            parts.append(b"connection: close\r\n")
+        parts += (b"\r\n", body)
+        return b"".join(parts)
 
 
 class BoundedProtocol(HttpToolsProtocol):
@@ -165,6 +248,7 @@ class BoundedProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        cycle.__class__ = OneWriteCycle  # uvicorn makes the cycle; it adds no state of its own
         cycle.scope[WATCHED] = True  # type: ignore[literal-required]
         task = self.loop.create_task(cycle.run_asgi(app))
         task.add_done_callback(self.tasks.discard)
@@ -193,6 +277,16 @@ class GatewayServer(uvicorn.Server):
         with super().capture_signals():
             yield
             self._captured_signals.clear()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's start-up (the gateway's lifespan included); then what start-up made (the
+        app, config, imports) is moved out of the collector's reach (`gc.freeze`), so a full
+        collection walks only what requests left behind, and young collections come less
+        often. Measured under S1: the collector's time fell from about 5 % of the CPU to 1.6 %."""
+        await super().startup(sockets)
+        gc.freeze()
+        _, older, oldest = gc.get_threshold()
+        gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         drain = asyncio.create_task(self.gateway.inflight.drain(self.grace_s))

@@ -105,6 +105,8 @@ class MemoryCache:
     entries or more than `max_bytes` bytes of values. A value larger than `max_bytes` alone, or
     with a ttl that is not positive, is not kept."""
 
+    local = True
+
     def __init__(
         self, max_entries: int, max_bytes: int, clock: Callable[[], float] = time.time
     ) -> None:

@@ -134,6 +134,9 @@ class LedgerStore(Protocol):
 
 
 class ResponseCache(Protocol):
+    # True: answers from this process's memory, never waits on I/O (no timeout needed around it)
+    local: bool
+
     async def get(self, key: str) -> bytes | None: ...
 
     async def put(self, key: str, value: bytes, ttl_s: float) -> None: ...

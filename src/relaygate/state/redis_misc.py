@@ -22,6 +22,8 @@ def _ttl_ms(ttl_s: float) -> int | None:
 
 
 class RedisCache:
+    local = False
+
     def __init__(self, db: RedisDB) -> None:
         self._db = db
         self._closed = False
