@@ -37,9 +37,12 @@ browser:
 test: lint typecheck browser
 	$(BIN)/python -m pytest -q
 
-# The benchmark (bench/README.md): 10-20 minutes; BENCH_QUICK=1 for a short smoke run.
+# The benchmark (bench/README.md): about 25-30 minutes; BENCH_QUICK=1 for a short smoke run.
+# Its relaygate-h2 target needs relaygate's http2 extra (httpx, h2) and hypercorn (pinned as in
+# the dev extra) for bench/h2_upstream.py, installed here into the project venv.
 # Not part of `make test`.
 bench: venv
+	$(BIN)/python -m pip install --quiet -e '.[http2]' hypercorn==0.18.0
 	$(BIN)/python bench/run.py
 
 clean:

@@ -1,6 +1,8 @@
 """Process helpers for the bench: start pinned servers, wait for readiness, read RSS and CPU time
 from /proc, stop exactly the processes the bench started (by pid / own process group); a private
-redis-server (RedisServer) is one of them, ready when it answers PING."""
+redis-server (RedisServer) is one of them, ready when it answers PING; the HTTP/2 mock over TLS
+(TlsServer) another, ready when it answers its health path over HTTPS (its own certificate as
+the CA)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import http.client
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -30,6 +33,20 @@ def http_status(port: int, path: str, timeout: float = 1.0) -> int | None:
         conn.request("GET", path)
         return conn.getresponse().status
     except OSError:
+        return None
+    finally:
+        conn.close()
+
+
+def https_get(port: int, path: str, cafile: str, timeout: float = 1.0) -> tuple[int, bytes] | None:
+    """GET over HTTPS (HTTP/1.1) to 127.0.0.1, `cafile` trusted: (status, body), or None."""
+    context = ssl.create_default_context(cafile=cafile)
+    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=context)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    except OSError:  # refused, reset, TLS (ssl.SSLError is an OSError)
         return None
     finally:
         conn.close()
@@ -197,6 +214,22 @@ class RedisServer(Server):
 
     def ready(self) -> bool:
         return redis_ping(self.port)
+
+
+@dataclass
+class TlsServer(Server):
+    """A server answering over TLS only (bench/h2_upstream.py): ready when its health path
+    answers 200 over HTTPS, `cafile` (its self-signed certificate) trusted."""
+
+    cafile: str = ""
+
+    def ready(self) -> bool:
+        got = https_get(self.port, self.health, self.cafile, timeout=0.5)
+        return got is not None and got[0] == 200
+
+    def get(self, path: str) -> bytes | None:
+        got = https_get(self.port, path, self.cafile, timeout=5.0)
+        return got[1] if got is not None and got[0] == 200 else None
 
 
 class RssSampler:

@@ -51,7 +51,9 @@ class Answers:
     def __init__(self, default: Behaviour) -> None:
         self.default = default
         self._behaviour: dict[str, Behaviour] = {}
+        self._plain_body: dict[str, bytes] = {}
         self._plain: dict[str, bytes] = {}
+        self._events: dict[tuple[str, bool], list[bytes]] = {}
         self._stream: dict[tuple[str, bool], list[bytes]] = {}
 
     def behaviour(self, model: str) -> Behaviour:
@@ -68,10 +70,11 @@ class Answers:
                 self._behaviour[model] = found
         return found
 
-    def plain(self, model: str) -> bytes:
-        found = self._plain.get(model)
+    def plain_body(self, model: str) -> bytes:
+        """The JSON body of a whole (non-streamed) answer."""
+        found = self._plain_body.get(model)
         if found is None:
-            body = orjson.dumps(
+            found = orjson.dumps(
                 {
                     "id": "chatcmpl-bench0000000000000000000000000",
                     "object": "chat.completion",
@@ -94,6 +97,15 @@ class Answers:
                     "system_fingerprint": None,
                 }
             )
+            if len(self._plain_body) < 1000:
+                self._plain_body[model] = found
+        return found
+
+    def plain(self, model: str) -> bytes:
+        """A whole answer as HTTP/1.1 bytes (head and body)."""
+        found = self._plain.get(model)
+        if found is None:
+            body = self.plain_body(model)
             head = (
                 b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
                 b"x-request-id: req_bench\r\ncontent-length: %d\r\n\r\n" % len(body)
@@ -103,10 +115,11 @@ class Answers:
                 self._plain[model] = found
         return found
 
-    def stream(self, model: str, include_usage: bool) -> list[bytes]:
-        """The HTTP chunks of one streamed answer: [head + first event, events..., tail]."""
+    def events(self, model: str, include_usage: bool) -> list[bytes]:
+        """The server-sent events of one streamed answer (`data: ...\\n\\n` each): the role
+        chunk, `n` content chunks, the finish chunk, the usage chunk if asked, `[DONE]`."""
         key = (model, include_usage)
-        found = self._stream.get(key)
+        found = self._events.get(key)
         if found is not None:
             return found
         n = self.behaviour(model).chunks
@@ -137,7 +150,18 @@ class Answers:
         if include_usage:
             events.append(orjson.dumps({**base, "choices": [], "usage": _USAGE}))
         events.append(b"[DONE]")
-        chunks = [_chunk(b"data: " + e + b"\n\n") for e in events]
+        found = [b"data: " + e + b"\n\n" for e in events]
+        if len(self._events) < 1000:
+            self._events[key] = found
+        return found
+
+    def stream(self, model: str, include_usage: bool) -> list[bytes]:
+        """The HTTP chunks of one streamed answer: [head + first event, events..., tail]."""
+        key = (model, include_usage)
+        found = self._stream.get(key)
+        if found is not None:
+            return found
+        chunks = [_chunk(e) for e in self.events(model, include_usage)]
         head = (
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
             b"x-request-id: req_bench\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -168,8 +192,8 @@ _FLOATS = [round(math.sin(i) / 8, 6) for i in range(_DIMS)]
 _B64 = base64.b64encode(struct.pack(f"<{_DIMS}f", *_FLOATS)).decode()
 
 
-def embeddings_answer(req: dict[str, object]) -> bytes:
-    """The embeddings answer for a request: one vector per input, usage by the input's size."""
+def embeddings_body(req: dict[str, object]) -> bytes:
+    """The embeddings answer's JSON body: one vector per input, usage by the input's size."""
     given = req.get("input")
     inputs = given if isinstance(given, list) else [given]
     vector: object = _B64 if req.get("encoding_format") == "base64" else _FLOATS
@@ -181,7 +205,12 @@ def embeddings_answer(req: dict[str, object]) -> bytes:
         "model": str(req.get("model") or "mock"),
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
-    return _plain_answer(b"200 OK", orjson.dumps(body))
+    return orjson.dumps(body)
+
+
+def embeddings_answer(req: dict[str, object]) -> bytes:
+    """The embeddings answer for a request, as HTTP/1.1 bytes."""
+    return _plain_answer(b"200 OK", embeddings_body(req))
 
 
 _BAD = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"

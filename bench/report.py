@@ -1,7 +1,8 @@
-"""Writes bench/RESULTS.md from one run's raw figures: summary, goals of issues 7 and 12 (met /
-not met), details, the profiles ranked by function and by layer, commands, versions. A
+"""Writes bench/RESULTS.md from one run's raw figures: summary, goals of issues 7, 12, 13, 14 and
+16 (met / not met), details, the profiles ranked by function and by layer, commands, versions. A
 hand-written analysis in bench/ANALYSIS.md (if present) is included as it stands, marked with the
-run it was written for."""
+run it was written for. Each goal that holds relaygate against an older build looks that build's
+target up by its commit (ISSUE13_BASELINE, ISSUE16_BASELINE): a run measures several."""
 
 from __future__ import annotations
 
@@ -19,7 +20,16 @@ S4: {streams} concurrent streams, 200 ms to first byte, 20 chunks 100 ms apart; 
 worst gap between two reads of one stream over all runs; peak RSS sampled every 50 ms during S4.
 CPU µs/req: the target's user+system CPU time during S1 divided by its requests (for
 relaygate-redis: relaygate's process only; the redis-server's own CPU, on core 1, is shown apart).
-The relaygate-<commit> row is an older build (the baseline), measured in S1 and S2 only.
+The relaygate-<commit> rows are older builds (BENCH_BASELINE), measured in S1 and S2 only:
+relaygate-2c8d30e is issue 13's baseline (the build before the one proxy path and the doors;
+issues 12 and 13's goals use it), relaygate-29338ea the build before issue 16's transport seam
+(issue 16's goal: S1 and S2 without a proxy within 5 % of it).
+relaygate-library is relaygate's config with the provider's `transport: {{kind: library}}`
+(aiohttp instead of the own HTTP/1.1 client) to the same mock; relaygate-h2 has the provider at
+bench/h2_upstream.py (the mock's answers on hypercorn, TLS with a self-signed certificate, ALPN
+h2 and http/1.1, core 1) with `transport: {{kind: library, http2: true}}` and `tls: {{ca_bundle}}`
+(httpx + h2). Both run S1, S2 and S4 only; relaygate-h2's S1 and S2 may be limited by the h2
+mock (pure Python, sharing core 1 with wrk): read its CPU µs/req rather than its req/s.
 D1-D4 (the in-memory relaygate only): S1's and S2's request as an Anthropic Messages body to
 /v1/messages (D1 whole, D2 streamed) and as an OpenAI Responses body to /v1/responses (D3, D4),
 translated by the door to the same OpenAI mock; their CPU a request is held against S1's or S2's.
@@ -29,6 +39,9 @@ C0, C1 (relaygate-cache only: the same config with the cache enabled): C0 is S1 
 number in the user turn that differs every request (each a miss, its answer stored), C1 is S1's
 request itself (each a hit after the first)."""
 REDIS, MEMORY = "relaygate-redis", "relaygate"
+ISSUE13_BASELINE = "2c8d30e"  # the build before the one proxy path and the doors (issues 12, 13)
+ISSUE16_BASELINE = "29338ea"  # the build before the transport seam: "today's" for issue 16
+LIBRARY_TARGET, H2_TARGET = "relaygate-library", "relaygate-h2"
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
 
@@ -51,9 +64,24 @@ class Figures:
     def __init__(self, raw: dict[str, Any]) -> None:
         self.raw = raw
         self.res: dict[str, dict[str, list[dict[str, Any]]]] = raw.get("results", {})
-        s1 = self.res.get("S1", {})
-        self.targets = [t for t in s1 if s1[t]]  # the cache target runs only C0, C1
-        self.baseline: str | None = raw.get("baseline", {}).get("name")
+        main = ("S1", "S2", "S3", "S4")  # the cache target runs only C0, C1
+        self.targets = [
+            t for t in self.res.get("S1", {}) if any(self.res.get(sc, {}).get(t) for sc in main)
+        ]
+        # older builds measured beside: [{"commit", "sha", "name"}]; a raw file from before
+        # there could be several has one "baseline"
+        self.baselines: list[dict[str, str]] = raw.get("baselines") or (
+            [raw["baseline"]] if raw.get("baseline") else []
+        )
+
+    def baseline_for(self, commit: str) -> str | None:
+        """The target of the older build `commit` (its short hash), if this run measured it."""
+        name = f"relaygate-{commit[:7]}"
+        return name if any(b.get("name") == name for b in self.baselines) else None
+
+    @property
+    def baseline_names(self) -> list[str]:
+        return [b["name"] for b in self.baselines if b.get("name")]
 
     def med(self, scen: str, target: str, key: str) -> float | None:
         return _med(self.res.get(scen, {}).get(target, []), key)
@@ -91,7 +119,7 @@ def summary_table(fg: Figures) -> list[str]:
             f"| {_f(fg.med('S2', t, 'rps'))} | {_f(fg.med('S3', t, 'p50_ms'), '{:.2f}')} "
             f"| {_f(fg.med('S3', t, 'p99_ms'), '{:.2f}')} | {errs} | {done} "
             f"| {_f(fg.s4_worst(t, 'gap_max_ms'))} | {_f(fg.s4_worst(t, 'peak_rss_mb'), '{:.1f}')} "
-            f"| {_f(fg.startup(t), '{:.2f}') if t not in ('direct', fg.baseline) else '-'} "
+            f"| {_f(fg.startup(t), '{:.2f}') if t in fg.raw.get('startup_s', {}) else '-'} "
             f"| {_f(fg.raw.get('idle_rss_mb', {}).get(t), '{:.1f}')} |"
         )
     return lines
@@ -153,7 +181,7 @@ def goals_state_seam(fg: Figures) -> list[str]:
     """Issue 12: the state seam costs the in-memory gateway at most 5 % in S1 against the build
     before it (measured in this run beside it), and with Redis state S1 is at least 0.6 x the
     minimal relay."""
-    base = fg.baseline
+    base = fg.baseline_for(ISSUE13_BASELINE)
     rps = {t: fg.med("S1", t, "rps") for t in fg.targets}
     cpu = {t: fg.med("S1", t, "cpu_us_per_req") for t in fg.targets}
     rows: list[tuple[str, str, bool | None]] = []
@@ -174,7 +202,9 @@ def goals_state_seam(fg: Figures) -> list[str]:
             ),
         ]
     else:
-        rows.append(("in-memory S1 within 5 % of the baseline build", "n/a", None))
+        rows.append(
+            (f"in-memory S1 within 5 % of the baseline build ({ISSUE13_BASELINE})", "n/a", None)
+        )
     red = _ratio(rps.get(REDIS), rps.get("minimal"))
     rows.append(
         (
@@ -191,17 +221,21 @@ def goals_state_seam(fg: Figures) -> list[str]:
         "",
         "S1 side by side (medians of this run; x minimal = req/s over the minimal relay's):",
         "",
-        "| target | state | S1 req/s | x minimal | CPU µs/req (relay) | redis-server CPU µs/req "
-        "| S2 streams/s | S2 CPU µs/stream |",
+        "| target | state, transport | S1 req/s | x minimal | CPU µs/req (relay) "
+        "| redis-server CPU µs/req | S2 streams/s | S2 CPU µs/stream |",
         "|---|---|---|---|---|---|---|---|",
     ]
     kinds = {
-        MEMORY: "memory + SQLite ledger",
-        REDIS: "Redis (REDIS_URL) + SQLite ledger",
+        MEMORY: "memory + SQLite ledger; own HTTP/1.1 client (auto)",
+        REDIS: "Redis (REDIS_URL) + SQLite ledger; own client",
+        LIBRARY_TARGET: "memory + SQLite; library transport (aiohttp, HTTP/1.1)",
+        H2_TARGET: "memory + SQLite; HTTP/2 over TLS (httpx + h2) to the h2 mock",
         "minimal": "none",
     }
-    if base:
-        kinds[base] = "memory + SQLite (the baseline build)"
+    for name in fg.baseline_names:
+        kinds[name] = "memory + SQLite; " + _BUILDS.get(
+            name.removeprefix("relaygate-"), "an older build"
+        )
     for t, kind in kinds.items():
         if t not in fg.targets:
             continue
@@ -213,6 +247,12 @@ def goals_state_seam(fg: Figures) -> list[str]:
             f"| {_f(fg.med('S2', t, 'rps'))} | {_f(fg.med('S2', t, 'cpu_us_per_req'), '{:.1f}')} |"
         )
     return lines
+
+
+_BUILDS = {
+    ISSUE13_BASELINE: "issue 13's baseline build",
+    ISSUE16_BASELINE: "the build before the transport seam",
+}
 
 
 DOORS = {  # scenario -> (what, the chat scenario it is held against)
@@ -250,11 +290,12 @@ def goals_doors(fg: Figures) -> list[str]:
     s2 = _ratio(fg.med("S2", MEMORY, "rps"), fg.med("S2", "minimal", "rps"))
     rows.append(("S2 streams/s >= 0.9 x minimal relay", _f(s2, "{:.2f} x"), _ok(s2, ">=", 0.9)))
     s1 = _ratio(fg.med("S1", MEMORY, "rps"), fg.med("S1", "minimal", "rps"))
-    if fg.baseline:
-        before = _ratio(fg.med("S1", fg.baseline, "rps"), fg.med("S1", "minimal", "rps"))
+    base = fg.baseline_for(ISSUE13_BASELINE)
+    if base:
+        before = _ratio(fg.med("S1", base, "rps"), fg.med("S1", "minimal", "rps"))
         rows.append(
             (
-                f"S1 / minimal at least the baseline build's ({fg.baseline})",
+                f"S1 / minimal at least the baseline build's ({base})",
                 f"{_f(s1, '{:.3f}')} vs {_f(before, '{:.3f}')}",
                 None if s1 is None or before is None else s1 >= before,
             )
@@ -308,6 +349,186 @@ def goals_issue14(fg: Figures) -> list[str]:
     return lines
 
 
+def _versions(fg: Figures, target: str, scens: tuple[str, ...]) -> dict[str, int]:
+    """The POSTs the h2 mock served during `scens`' runs of `target`, by HTTP version."""
+    total: Counter[str] = Counter()
+    for scen in scens:
+        for r in fg.res.get(scen, {}).get(target, []):
+            total.update(r.get("upstream_http_versions") or {})
+    return dict(sorted(total.items()))
+
+
+def _versions_text(counts: dict[str, int]) -> str:
+    return ", ".join(f"HTTP/{v} {n:,}" for v, n in counts.items()) or "none counted"
+
+
+def _errors(fg: Figures, target: str) -> int | None:
+    """wrk's errors in S1 and S2 plus the streams S4 did not complete, over every run."""
+    runs = [fg.res.get(scen, {}).get(target, []) for scen in ("S1", "S2", "S4")]
+    if not any(runs):
+        return None
+    wrk_errors = sum(r.get("errors", 0) for scen_runs in runs[:2] for r in scen_runs)
+    return wrk_errors + sum(r["streams"] - r["completed"] for r in runs[2])
+
+
+def goals_transport(fg: Figures) -> list[str]:
+    """Issue 16: with no proxy (the own client, which `transport: auto` keeps), the in-memory
+    relaygate's S1 and S2 stay within 5 % of the build before the transport seam (measured in
+    this run beside it; CPU shown beside); the library transport's S1, S2 and S4 figures beside
+    the own client's; S4 run over HTTP/2 (httpx + h2 to the h2 mock, every call on HTTP/2)."""
+    base = fg.baseline_for(ISSUE16_BASELINE)
+    before_name = base or f"relaygate-{ISSUE16_BASELINE} (not measured)"
+    rows: list[tuple[str, str, bool | None]] = []
+    for scen, unit, per in (("S1", "req/s", "µs/req"), ("S2", "streams/s", "µs/stream")):
+        now = fg.med(scen, MEMORY, "rps")
+        before = fg.med(scen, base, "rps") if base else None
+        cpu_now = fg.med(scen, MEMORY, "cpu_us_per_req")
+        cpu_before = fg.med(scen, base, "cpu_us_per_req") if base else None
+        speed = _ratio(now, before)
+        rows.append(
+            (
+                f"no proxy: in-memory {scen} {unit} within 5 % of {before_name}",
+                _f(speed, "{:.3f} x")
+                + f" ({_f(now)} vs {_f(before)} {unit}); CPU {_f(cpu_now, '{:.1f}')} vs "
+                f"{_f(cpu_before, '{:.1f}')} {per} ({_f(_ratio(cpu_now, cpu_before), '{:.3f}')} x)",
+                _ok(speed, ">=", 0.95),
+            )
+        )
+    lib = {scen: fg.med(scen, LIBRARY_TARGET, "rps") for scen in ("S1", "S2")}
+    own = {scen: fg.med(scen, MEMORY, "rps") for scen in ("S1", "S2")}
+    lib_done = fg.s4_all_complete(LIBRARY_TARGET)
+    lib_errors = _errors(fg, LIBRARY_TARGET)
+    have = [lib["S1"], lib["S2"], lib_done]
+    rows.append(
+        (
+            "the library transport's S1, S2 and S4 figures beside the own client's (table below)",
+            f"S1 {_f(_ratio(lib['S1'], own['S1']), '{:.2f}')} x own's, "
+            f"S2 {_f(_ratio(lib['S2'], own['S2']), '{:.2f}')} x, "
+            f"S4 all complete: {lib_done}; errors: "
+            + (str(lib_errors) if lib_errors is not None else "n/a"),
+            None
+            if all(v is None for v in have)
+            else (all(v is not None for v in have) and bool(lib_done) and lib_errors == 0),
+        )
+    )
+    streams = fg.raw.get("settings", {}).get("s4_streams")
+    h2_runs = fg.res.get("S4", {}).get(H2_TARGET, [])
+    done = fg.s4_all_complete(H2_TARGET)
+    done_text = ", ".join(f"{r['completed']}/{r['streams']}" for r in h2_runs) if h2_runs else "n/a"
+    rows.append((f"S4 ({streams} streams) over HTTP/2: all complete", done_text, done))
+    gap = _added_gap(fg, H2_TARGET)
+    rows.append(
+        (
+            "S4 over HTTP/2: no inter-chunk gap > 200 ms added (issue 7's bound)",
+            _f(gap, "{:+.0f} ms")
+            + f" (worst gap {_f(fg.s4_worst(H2_TARGET, 'gap_max_ms'))} vs direct "
+            f"{_f(fg.s4_worst('direct', 'gap_max_ms'))} ms)",
+            _ok(gap, "<=", 200),
+        )
+    )
+    peak = fg.s4_worst(H2_TARGET, "peak_rss_mb")
+    rows.append(
+        (
+            "S4 over HTTP/2: peak RSS <= 150 MB (issue 7's bound)",
+            _f(peak, "{:.1f} MB"),
+            _ok(peak, "<=", 150),
+        )
+    )
+    h2_errors = _errors(fg, H2_TARGET)
+    rows.append(
+        (
+            "no errors over HTTP/2 (wrk's in S1 and S2, streams S4 did not complete)",
+            str(h2_errors) if h2_errors is not None else "n/a",
+            None if h2_errors is None else h2_errors == 0,
+        )
+    )
+    s4_versions = _versions(fg, H2_TARGET, ("S4",))
+    all_versions = _versions(fg, H2_TARGET, ("S1", "S2", "S4"))
+    s4_done = sum(r["completed"] for r in h2_runs)
+    rows.append(
+        (
+            "every call relaygate-h2 made reached the h2 mock over HTTP/2",
+            f"S4: {_versions_text(s4_versions)} ({s4_done:,} streams completed over "
+            f"{len(h2_runs)} runs); S1, S2 and S4: {_versions_text(all_versions)}",
+            None
+            if not h2_runs
+            else (set(all_versions) == {"2"} and s4_versions.get("2", 0) >= s4_done > 0),
+        )
+    )
+    lines = ["| goal | measured | met |", "|---|---|---|"]
+    for goal, measured, ok in rows:
+        verdict = "n/a" if ok is None else ("met" if ok else "**not met**")
+        lines.append(f"| {goal} | {measured} | {verdict} |")
+    lines += [
+        "",
+        "The transports side by side (medians; S4: TTFB p50 the median of the runs' p50s, "
+        "TTFB max, max gap and peak RSS the worst run's; errors: wrk's in S1 and S2 plus streams "
+        "S4 did not complete, over every run):",
+        "",
+        "| target | transport | S1 req/s | S1 CPU µs/req | S2 streams/s | S2 CPU µs/stream "
+        "| S4 done | S4 TTFB p50 / max ms | S4 max gap ms | S4 peak RSS MB | errors "
+        "| calls at the h2 mock |",
+        "|" + "---|" * 12,
+    ]
+    kinds = {
+        MEMORY: "own HTTP/1.1 client (`auto`, no proxy)",
+        LIBRARY_TARGET: "library: aiohttp, HTTP/1.1 (`kind: library`)",
+        H2_TARGET: "library: httpx + h2, HTTP/2 over TLS (`http2: true`)",
+    }
+    if base:
+        kinds = {base: "the build before the seam (aiohttp)", **kinds}
+    for t, kind in kinds.items():
+        if t not in fg.targets:
+            continue
+        s4 = fg.res.get("S4", {}).get(t, [])
+        s4_done_text = f"{min(r['completed'] for r in s4)}/{s4[0]['streams']}" if s4 else "-"
+        ttfb = (
+            f"{_f(fg.med('S4', t, 'ttfb_p50_ms'))} / {_f(fg.s4_worst(t, 'ttfb_max_ms'))}"
+            if s4
+            else "-"
+        )
+        errors = _errors(fg, t)
+        lines.append(
+            f"| {t} | {kind} | {_f(fg.med('S1', t, 'rps'))} "
+            f"| {_f(fg.med('S1', t, 'cpu_us_per_req'), '{:.1f}')} | {_f(fg.med('S2', t, 'rps'))} "
+            f"| {_f(fg.med('S2', t, 'cpu_us_per_req'), '{:.1f}')} | {s4_done_text} | {ttfb} "
+            f"| {_f(fg.s4_worst(t, 'gap_max_ms')) if s4 else '-'} "
+            f"| {_f(fg.s4_worst(t, 'peak_rss_mb'), '{:.1f}') if s4 else '-'} "
+            f"| {errors if errors is not None else 'n/a'} "
+            f"| {_versions_text(all_versions) if t == H2_TARGET else '-'} |"
+        )
+    direct_ttfb = fg.s4_worst("direct", "ttfb_max_ms")
+    if not any(fg.raw.get("transport_configs", {}).values()):
+        return lines  # a run from before the transport seam
+    lines += [
+        "",
+        f"- S4's time to first byte includes the wait for a connection (direct: worst "
+        f"{_f(direct_ttfb)} ms): the transports keep their default `max_connections_per_host` "
+        "(100), so HTTP/1.1 streams past 100 queue for a free connection; over HTTP/2 httpx "
+        "sends every stream on one connection, at most 100 at a time (h2's own "
+        "SETTINGS_MAX_CONCURRENT_STREAMS; the h2 mock offers 1,000).",
+    ]
+    for scen, per in (("S1", "request"), ("S2", "stream")):
+        mock_us = fg.med(scen, H2_TARGET, "companion_cpu_us_per_req")
+        rps = fg.med(scen, H2_TARGET, "rps")
+        share = mock_us * rps / 1e6 if mock_us is not None and rps is not None else None
+        if share is None:
+            continue
+        lines.append(
+            f"- {scen}, relaygate-h2: the h2 mock's own CPU (core 1, beside the load) "
+            f"{_f(mock_us, '{:.1f}')} µs a {per}, {_f(share * 100, '{:.0f}')} % of a core at "
+            f"{_f(rps)} {per}s/s"
+            + (
+                "; the mock used half of core 1 or more (which it shares with wrk): relaygate-h2's "
+                f"rate there is likely the mock's limit, its CPU a {per} the relay's cost"
+                if share >= 0.5
+                else ""
+            )
+            + "."
+        )
+    return lines
+
+
 def _added_gap(fg: Figures, target: str) -> float | None:
     t, d = fg.s4_worst(target, "gap_max_ms"), fg.s4_worst("direct", "gap_max_ms")
     return t - d if t is not None and d is not None else None
@@ -327,8 +548,8 @@ def ratios(fg: Figures) -> list[str]:
             if rg not in vals:
                 continue
             others = ["minimal", "litellm", "direct"] + ([MEMORY] if rg == REDIS else [])
-            if rg == MEMORY and fg.baseline:
-                others.append(fg.baseline)
+            if rg == MEMORY:
+                others += [LIBRARY_TARGET, H2_TARGET, *fg.baseline_names]
             parts = [
                 f"{rg} / {other} = {_f(_ratio(vals.get(rg), vals.get(other)), '{:.2f}')}"
                 for other in others
@@ -343,7 +564,7 @@ def ratios(fg: Figures) -> list[str]:
             f"{_f(fg.med('S2', REDIS, 'companion_cpu_us_per_req'), '{:.1f}')} µs a stream"
         )
     for t in fg.targets:
-        if t == "direct":
+        if t == "direct" or not fg.res.get("S3", {}).get(t):
             continue
         out.append(
             f"- S3 latency added over direct, {t}: "
@@ -483,10 +704,27 @@ def write_report(raw: dict[str, Any], out: Path, *, bench_dir: Path) -> None:
             else "REDIS_URL (not measured in this run)"
         )
         + "."
+        + "".join(
+            f" `{b['name']}` is the in-memory relaygate of commit {b.get('sha', b['commit'])}"
+            f" ({_BUILDS.get(b.get('sha', b['commit'])[:7], 'an older build')}; its src/ from "
+            "`git archive`), S1 and S2 only."
+            for b in fg.baselines
+        )
         + (
-            f" `{raw['baseline']['name']}` is the in-memory relaygate of commit "
-            f"{raw['baseline']['commit']} (its src/ from `git archive`), S1 and S2 only."
-            if raw.get("baseline")
+            f" `{LIBRARY_TARGET}` is relaygate's config with the provider's "
+            "`transport: {kind: library}`"
+            if raw.get("transport_configs", {}).get(LIBRARY_TARGET)
+            else ""
+        )
+        + (
+            f"; `{H2_TARGET}` sends to an HTTP/2 mock over TLS (bench/h2_upstream.py) with "
+            "`transport: {kind: library, http2: true}` and `tls: {ca_bundle}`"
+            if raw.get("transport_configs", {}).get(H2_TARGET)
+            else ""
+        )
+        + (
+            "; both S1, S2 and S4 only."
+            if raw.get("transport_configs", {}).get(LIBRARY_TARGET)
             else ""
         ),
         "",
@@ -505,6 +743,10 @@ def write_report(raw: dict[str, Any], out: Path, *, bench_dir: Path) -> None:
         "## Goals (issue 14: the response cache, embeddings)",
         "",
         *goals_issue14(fg),
+        "",
+        "## Goals (issue 16: the transport)",
+        "",
+        *goals_transport(fg),
         "",
         "## Summary (medians)",
         "",
@@ -580,6 +822,17 @@ def write_report(raw: dict[str, Any], out: Path, *, bench_dir: Path) -> None:
         "```",
         "",
     ]
+    extra = _provider_lines(raw)
+    if extra:
+        lines += [
+            "relaygate-library and relaygate-h2 use the same config with these lines added to the "
+            "mock provider (relaygate-h2's base_url is the h2 mock's `https://` URL):",
+            "",
+            "```yaml",
+            *extra,
+            "```",
+            "",
+        ]
     if raw.get("litellm_config"):
         lines += ["LiteLLM config used:", "", "```yaml", raw["litellm_config"].rstrip(), "```", ""]
     lines += ["## Versions", ""] + [f"- {k}: {val}" for k, val in v.items()]
@@ -592,6 +845,17 @@ def write_report(raw: dict[str, Any], out: Path, *, bench_dir: Path) -> None:
         if 0 <= start < end:
             text += "\n" + old[start : end + len(SOAK_END)] + "\n"
     out.write_text(text)
+
+
+def _provider_lines(raw: dict[str, Any]) -> list[str]:
+    """The lines each transport target's config adds to the bench's config, with a comment."""
+    base = set(raw.get("relaygate_config", "").splitlines())
+    out = []
+    for name, text in raw.get("transport_configs", {}).items():
+        added = [ln for ln in (text or "").splitlines() if ln not in base and "base_url" not in ln]
+        if added:
+            out += [f"# {name}", *added]
+    return out
 
 
 def _profile_title(key: str) -> str:

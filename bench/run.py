@@ -1,25 +1,44 @@
-"""The benchmark (issues 7 and 12): `make bench`, or `BENCH_QUICK=1 make bench` for a short
-smoke run.
+"""The benchmark (issues 7, 12, 13, 14 and 16): `make bench`, or `BENCH_QUICK=1 make bench` for a
+short smoke run.
 
-Every target runs pinned to core 0 (`taskset -c 0`); the load generators, the upstream mock that
+Every target runs pinned to core 0 (`taskset -c 0`); the load generators, the upstream mocks that
 the relays forward to and the private redis-server run on core 1. Targets, all alive during one
 run and measured in interleaved rounds so drift hits each alike:
   direct            - a second mock upstream, hit directly (the mock's own ceiling and baseline);
   relaygate         - `relaygate serve` with client auth, a 3-key round-robin pool, client rate
-                      limits and the ledger (see TODO below); state in memory, the ledger in SQLite;
+                      limits and the ledger (see TODO below); state in memory, the ledger in
+                      SQLite; no proxy, no TLS option: `transport: auto` keeps the own client;
   relaygate-redis   - the same config and features, served with REDIS_URL pointing at a private
                       `redis-server --save '' --appendonly no` started by the bench (never the
                       system one): admissions, key states and the rest of the hot state in Redis;
-  relaygate-<commit> - the in-memory relaygate of an older commit (BENCH_BASELINE, by default
-                      52a0630: the build before the state seam), from `git archive` of its src/,
-                      S1 and S2 only: issue 12's goal that in-memory S1 stays within 5 % of it;
+  relaygate-cache   - the same config with `cache: {enabled: true}` (issue 14), C0 and C1 only;
+  relaygate-library - the same config with the provider's `transport: {kind: library}` (aiohttp
+                      instead of the own client; issue 16), S1, S2 and S4 only;
+  relaygate-h2      - the same config with the provider at bench/h2_upstream.py (hypercorn, TLS
+                      with a self-signed certificate written by `openssl` into the run's temp dir,
+                      ALPN h2 and http/1.1, pinned to core 1) and `transport: {kind: library,
+                      http2: true}`, `tls: {ca_bundle: <the certificate>}` (httpx + h2; issue 16),
+                      S1, S2 and S4 only; the h2 mock counts the POSTs it served by HTTP version
+                      and each run records them, so the report shows the relay spoke HTTP/2;
+  relaygate-<sha7>  - the in-memory relaygate of each older commit in BENCH_BASELINE (a comma-
+                      separated list, by default 2c8d30e,29338ea), from `git archive` of its src/,
+                      S1 and S2 only: 2c8d30e is issue 13's baseline (the build before the one
+                      proxy path and the doors; issues 12 and 13's goals look it up by commit),
+                      29338ea the build before issue 16's transport seam ("today's" for issue 16's
+                      goal that S1 and S2 without a proxy stay within 5 % of it);
   minimal           - bench/minimal_relay.py, the yardstick;
   litellm           - LiteLLM's proxy from its own venv (bench/.venv-litellm), one worker, no DB.
 Scenarios: S1 (wrk, non-streaming, 50 connections), S2 (wrk, streaming, 20 chunks), S3 (open
-loop at 200 req/s), S4 (1,000 concurrent slow streams), start-up, idle RSS, import time; then
-py-spy profiles of relaygate under S1 and S2 and of relaygate-redis under S1. The redis-server's
-own CPU per request is measured beside relaygate-redis's. Writes bench/RESULTS.md (quick runs
-write bench/results/RESULTS-quick.md) and the raw figures to bench/results/.
+loop at 200 req/s), S4 (1,000 concurrent slow streams), start-up, idle RSS, import time; D1-D4
+and E1 (issue 13's doors and issue 14's embeddings, the in-memory relaygate only), C0/C1 (the
+cache target only); then py-spy profiles of relaygate under S1 and S2 and of relaygate-redis
+under S1. The redis-server's own CPU per request is measured beside relaygate-redis's, the h2
+mock's beside relaygate-h2's. Writes bench/RESULTS.md (quick runs write
+bench/results/RESULTS-quick.md) and the raw figures to bench/results/.
+
+relaygate-h2 needs httpx and h2 (relaygate's `http2` extra) and hypercorn in the project venv:
+`make bench` installs them (`pip install -e '.[http2]' hypercorn==0.18.0`); without them, or
+without `openssl`, the target is left out with a note.
 
 TODO(bench) - relaygate's configuration is probed at run time (relaygate_features below): each
 feature is switched on when its config key exists in src/relaygate/config/model.py, and the
@@ -34,8 +53,12 @@ report lists what was on. Still to do as relaygate grows:
   - Redis: the `relaygate` target keeps the embedded defaults (state in memory, SQLite), which
     issue 7's goals are about; `relaygate-redis` is the same config with REDIS_URL set (issue 12),
     on when Config has `redis_url` and `redis-server` is installed (BENCH_SKIP_REDIS=1: off);
-  - the baseline commit (BENCH_BASELINE, default 52a0630; empty to leave it out) is measured in
-    S1 and S2 only; move it on when a later build becomes the one to stay within 5 % of;
+  - the baselines (BENCH_BASELINE, default 2c8d30e,29338ea; empty to leave them out) are
+    measured in S1 and S2 only; add or move one when a later build becomes the one to stay
+    within 5 % of (report.py looks each goal's baseline up by its commit);
+  - the transport (issue 16): relaygate-library and relaygate-h2 are on when ProviderConfig has
+    `transport`; the transport's bounds keep their defaults (max_connections_per_host 100: S4's
+    1,000 streams queue for a connection, which shows in S4's time to first byte);
   - metrics (/metrics, prometheus-client) are always on in relaygate; nothing to configure.
 """
 
@@ -61,13 +84,21 @@ from _procs import (
     RedisServer,
     RssSampler,
     Server,
+    TlsServer,
     cpu_seconds,
     free_port,
     hwm_mb,
     rss_mb,
     tree,
 )
-from report import profile_lines, write_report
+from report import (
+    H2_TARGET,
+    ISSUE13_BASELINE,
+    ISSUE16_BASELINE,
+    LIBRARY_TARGET,
+    profile_lines,
+    write_report,
+)
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -81,8 +112,17 @@ LITELLM_KEY = "sk-bench-litellm-master-key"
 BASE_MODEL = "gpt-4o-mini"
 SLOW_MODEL = "gpt-4o-mini-ttfb200-gap100-n20"  # the mock reads delays from the model name
 TARGET_CPU, LOAD_CPU = "0", "1"
-BASELINE_COMMIT = "2c8d30e"  # issue 13: the build before the one proxy path and the doors
+# older builds measured beside (BENCH_BASELINE, comma-separated): issue 13's (the build before the
+# one proxy path and the doors) and issue 16's (the build before the transport seam)
+BASELINE_COMMITS = f"{ISSUE13_BASELINE},{ISSUE16_BASELINE}"
 BASELINE_SCENARIOS = ("S1", "S2")
+# issue 16's transports: the library one (aiohttp) to the same mock, and HTTP/2 over TLS (httpx +
+# h2) to bench/h2_upstream.py; S1, S2 and S4 only
+TRANSPORT_SCENARIOS = ("S1", "S2", "S4")
+LIBRARY_PROVIDER = "    transport: {kind: library}\n"
+H2_PROVIDER = "    transport: {{kind: library, http2: true}}\n    tls: {{ca_bundle: {cert}}}\n"
+LIBRARY_FEATURE = "library transport (the relaygate-library target)"
+H2_FEATURE = "HTTP/2 to the provider (the relaygate-h2 target; httpx, h2, hypercorn)"
 # issue 13's front doors, measured on the in-memory relaygate only, to the same OpenAI mock:
 # scenario -> (door, stream); compared with its chat route's S1 (non-streamed) and S2 (streamed)
 DOOR_SCENARIOS = {
@@ -114,7 +154,7 @@ providers:
     keys: [sk-mock-key-1, sk-mock-key-2, sk-mock-key-3]
     key_strategy: round_robin
     models: [{base}, {slow}]
-clients:
+{provider_extra}clients:
   - {{name: bench, key: "{key}"{limits}}}
 {ledger}"""
 
@@ -210,10 +250,15 @@ def versions(litellm_ok: bool) -> dict[str, str]:
         return text.splitlines()[0] if text else "?"
 
     probe = (
-        "import importlib.metadata as m;"
-        "print(' '.join(f'{p}=={m.version(p)}' for p in "
+        "import importlib.metadata as m\n"
+        "def v(p):\n"
+        "    try:\n"
+        "        return f'{p}=={m.version(p)}'\n"
+        "    except m.PackageNotFoundError:\n"
+        "        return f'{p} absent'\n"
+        "print(' '.join(v(p) for p in "
         "('relaygate','aiohttp','uvicorn','uvloop','httptools','orjson','fastapi','starlette',"
-        "'redis','hiredis')))"
+        "'redis','hiredis','httpx','h2','hypercorn')))"
     )
     found = {
         "python": platform.python_version(),
@@ -229,6 +274,8 @@ def versions(litellm_ok: bool) -> dict[str, str]:
     }
     if shutil.which("redis-server"):
         found["redis-server"] = out(["redis-server", "--version"])
+    if shutil.which("openssl"):
+        found["openssl (the h2 mock's certificate)"] = out(["openssl", "version"])
     if litellm_ok:
         found["litellm"] = out(
             [
@@ -300,9 +347,21 @@ class Target:
         key: str = "",
         prefix: str = "",
         companion: Server | None = None,
+        scenarios: tuple[str, ...] | None = None,
+        versions_from: TlsServer | None = None,
     ) -> None:
         self.name, self.server, self.key, self.prefix = name, server, key, prefix
-        self.companion = companion  # a process serving only this target (its Redis): CPU counted
+        # a process serving only this target (its Redis, its h2 mock): its CPU is counted apart
+        self.companion = companion
+        self.scenarios = scenarios  # the only scenarios it runs (None: S1-S4)
+        self.versions_from = versions_from  # its h2 mock: POSTs by HTTP version, each run
+
+    def runs(self, scen: str) -> bool:
+        if self.scenarios is not None:
+            return scen in self.scenarios
+        if scen in DOOR_SCENARIOS:
+            return self.name == "relaygate"
+        return scen not in CACHE_SCENARIOS
 
     @property
     def url(self) -> str:
@@ -321,14 +380,58 @@ def mock_server(name: str, cpu: str, work: Path) -> Server:
     return Server(name, argv, port, "/health", int(cpu), work, clean_env(), work / f"{name}.log")
 
 
+def h2_mock_server(work: Path, cert: Path, key: Path) -> TlsServer:
+    """bench/h2_upstream.py on core 1 beside the load, the fast mock's answers over TLS + h2."""
+    port = free_port()
+    argv = [str(PY), str(BENCH / "h2_upstream.py"), "--port", str(port)]
+    argv += ["--certfile", str(cert), "--keyfile", str(key), "--max-seconds", "7200"]
+    log_file = work / "h2-mock.log"
+    return TlsServer(
+        "h2-mock",
+        argv,
+        port,
+        "/health",
+        int(LOAD_CPU),
+        work,
+        clean_env(),
+        log_file,
+        cafile=str(cert),
+    )
+
+
+def self_signed_cert(work: Path) -> tuple[Path, Path] | str:
+    """A self-signed certificate for 127.0.0.1 and localhost (EC P-256, 7 days), made with the
+    openssl CLI in the run's temp dir: (cert, key), or why not."""
+    cert, key = work / "h2-cert.pem", work / "h2-key.pem"
+    if not shutil.which("openssl"):
+        return "no openssl CLI"
+    cmd = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+    cmd += ["-nodes", "-keyout", str(key), "-out", str(cert), "-days", "7"]
+    cmd += ["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    if done.returncode != 0 or not cert.exists():
+        return f"openssl exited {done.returncode}: {done.stderr.strip()[-200:]}"
+    return cert, key
+
+
+def http_versions(server: TlsServer) -> dict[str, int]:
+    """The POSTs the h2 mock has served so far, by HTTP version."""
+    body = server.get("/stats")
+    return {str(k): int(v) for k, v in json.loads(body).items()} if body else {}
+
+
 def relaygate_features() -> dict[str, bool]:
     """Which of issue 7's features this checkout of relaygate can switch on (see TODO above)."""
     code = (
-        "import json; from relaygate.config.model import Config, ClientConfig;"
-        "print(json.dumps([list(Config.model_fields), list(ClientConfig.model_fields)]))"
+        "import json, importlib.util;"
+        "from relaygate.config.model import Config, ClientConfig, ProviderConfig;"
+        "print(json.dumps([list(Config.model_fields), list(ClientConfig.model_fields),"
+        " list(ProviderConfig.model_fields),"
+        " all(importlib.util.find_spec(m) for m in ('httpx', 'h2', 'hypercorn'))]))"
     )
     res = subprocess.run([str(PY), "-c", code], capture_output=True, text=True, check=True)
-    config_fields, client_fields = json.loads(res.stdout)
+    config_fields, client_fields, provider_fields, h2_deps = json.loads(res.stdout)
+    transport = "transport" in provider_fields
     return {
         "client auth (static key)": True,
         "3-key pool, round_robin": True,
@@ -336,6 +439,8 @@ def relaygate_features() -> dict[str, bool]:
         "usage ledger": "ledger" in config_fields,
         "state on Redis (REDIS_URL)": "redis_url" in config_fields,
         "response cache (the relaygate-cache target)": _cache_works(),
+        LIBRARY_FEATURE: transport,
+        H2_FEATURE: transport and h2_deps,
     }
 
 
@@ -350,7 +455,9 @@ def _cache_works() -> bool:
     return res.stdout.strip() == "True"
 
 
-def relaygate_config(upstream: str, features: dict[str, bool]) -> str:
+def relaygate_config(upstream: str, features: dict[str, bool], provider_extra: str = "") -> str:
+    """The bench's relaygate config; `provider_extra`: lines added to the mock provider (the
+    transport targets' `transport:` and `tls:`)."""
     limits = features["client rate limits (rpm, tpm)"]
     ledger = features["usage ledger"]
     extra = (", client rate limits" if limits else "") + (", the ledger" if ledger else "")
@@ -363,6 +470,7 @@ def relaygate_config(upstream: str, features: dict[str, bool]) -> str:
         # far above any offered load: never refuses, but does all its bookkeeping
         limits=", rpm: 1000000, tpm: 10000000000" if limits else "",
         ledger="ledger: {enabled: true}\n" if ledger else "",
+        provider_extra=provider_extra,
     )
 
 
@@ -390,6 +498,17 @@ def relaygate_server(
         argv = [str(PY), "-m", "relaygate", "serve", "--config", str(cfg), "--port", str(port)]
     env = clean_env(**extra)
     return Server(name, argv, port, "/health", 0, home, env, work / f"{name}.log")
+
+
+def resolve_commit(commit: str) -> str | None:
+    """The commit's short hash (7 characters), or None when git does not know it."""
+    res = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return res.stdout.strip()[:7] if res.returncode == 0 and res.stdout.strip() else None
 
 
 def baseline_tree(commit: str, work: Path) -> tuple[Path | None, str | None]:
@@ -588,17 +707,23 @@ def profile(
 
 def log_warnings(work: Path, names: tuple[str, ...]) -> list[str]:
     """What the relaygate targets logged at WARNING or worse (e.g. Redis unavailable: the
-    failover answered from memory, and the Redis figures would not be Redis'), counted by line."""
+    failover answered from memory, and the Redis figures would not be Redis'), counted by line;
+    a traceback by its last line (the exception)."""
     out = []
     for name in filter(None, names):
         path = work / f"{name}.log"
         if not path.exists():
             continue
         found: dict[str, int] = {}
-        for line in path.read_text(errors="replace").splitlines():
-            if any(level in line for level in ("WARNING", "ERROR", "CRITICAL", "Traceback")):
-                text = line.split(" - ", 1)[-1][:160] if " - " in line else line[:160]
-                found[text] = found.get(text, 0) + 1
+        lines = path.read_text(errors="replace").splitlines()
+        for i, line in enumerate(lines):
+            if line.startswith("Traceback"):
+                end = next((ln for ln in lines[i + 1 :] if ln and not ln[0].isspace()), "")
+                line = f"Traceback: {end}"
+            elif not any(level in line for level in ("WARNING", "ERROR", "CRITICAL")):
+                continue
+            text = line.split(" - ", 1)[-1][:160] if " - " in line else line[:160]
+            found[text] = found.get(text, 0) + 1
         if found:
             parts = "; ".join(f"{n} x `{text}`" for text, n in list(found.items())[:5])
             out.append(f"{name} logged warnings or errors: {parts}")
@@ -609,6 +734,20 @@ def log_warnings(work: Path, names: tuple[str, ...]) -> list[str]:
 def median_of(runs: list[dict[str, Any]], key: str) -> float | None:
     vals = [r[key] for r in runs if r.get(key) is not None]
     return statistics.median(vals) if vals else None
+
+
+def measured(target: Target, fn: Callable[[Target], dict[str, Any]]) -> dict[str, Any]:
+    """One run of a scenario; for a target with an h2 mock, the POSTs that mock served during
+    the run by HTTP version (`upstream_http_versions`, e.g. {"2": 1000})."""
+    if target.versions_from is None:
+        return fn(target)
+    before = http_versions(target.versions_from)
+    data = fn(target)
+    after = http_versions(target.versions_from)
+    data["upstream_http_versions"] = {
+        v: n - before.get(v, 0) for v, n in sorted(after.items()) if n != before.get(v, 0)
+    }
+    return data
 
 
 def main() -> None:
@@ -622,9 +761,9 @@ def main() -> None:
     )
     ap.add_argument(
         "--baseline",
-        default=os.environ.get("BENCH_BASELINE", BASELINE_COMMIT),
-        help="a commit whose in-memory relaygate is measured in S1 and S2 beside this one "
-        f"(default {BASELINE_COMMIT}; empty: none)",
+        default=os.environ.get("BENCH_BASELINE", BASELINE_COMMITS),
+        help="commits, comma-separated, whose in-memory relaygate is measured in S1 and S2 beside "
+        f"this one (default {BASELINE_COMMITS}; empty: none)",
     )
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument(
@@ -660,6 +799,7 @@ def main() -> None:
     started = time.time()
     work = Path(tempfile.mkdtemp(prefix="relaygate-bench-"))
     servers: list[Server] = []
+    baselines: list[tuple[str, Path]] = []  # (target name, its src/)
     raw: dict[str, Any] = {"quick": s.quick, "notes": notes, "settings": vars(s), "load": []}
     try:
         raw["versions"] = versions(litellm_err is None)
@@ -684,14 +824,46 @@ def main() -> None:
             servers.append(redis)
             redis.wait_ready()
             raw["redis"] = {"url": redis.url, "command": redis.command}
-        baseline_src: Path | None = None
-        baseline_name = f"relaygate-{args.baseline[:7]}" if args.baseline else ""
-        if args.baseline:
-            baseline_src, why = baseline_tree(args.baseline, work)
-            if baseline_src is None:
-                notes.append(f"{baseline_name} not measured: git archive failed ({why}).")
+        raw["baselines"] = []
+        for commit in filter(None, (c.strip() for c in args.baseline.split(","))):
+            sha = resolve_commit(commit)
+            if sha is None:
+                notes.append(f"baseline {commit} not measured: git does not know it.")
+                continue
+            name = f"relaygate-{sha}"
+            if any(name == known for known, _ in baselines):
+                continue
+            src, why = baseline_tree(sha, work)
+            if src is None:
+                notes.append(f"{name} not measured: git archive failed ({why}).")
+                continue
+            baselines.append((name, src))
+            raw["baselines"].append({"commit": commit, "sha": sha, "name": name})
+        library_config = h2_config = ""
+        h2_mock: TlsServer | None = None
+        if not raw["features"][LIBRARY_FEATURE]:
+            notes.append(
+                f"{LIBRARY_TARGET} and {H2_TARGET} not measured: this relaygate has no transport."
+            )
+        else:
+            library_config = relaygate_config(up_url, raw["features"], LIBRARY_PROVIDER)
+            made = self_signed_cert(work) if raw["features"][H2_FEATURE] else "not made"
+            if not raw["features"][H2_FEATURE]:
+                notes.append(
+                    f"{H2_TARGET} not measured: httpx, h2 or hypercorn missing from the project "
+                    "venv (`make bench` installs them: pip install -e '.[http2]' hypercorn)."
+                )
+            elif isinstance(made, str):
+                notes.append(f"{H2_TARGET} not measured: no certificate ({made}).")
             else:
-                raw["baseline"] = {"commit": args.baseline, "name": baseline_name}
+                cert, key = made
+                h2_mock = h2_mock_server(work, cert, key)
+                h2_mock.start()
+                servers.append(h2_mock)
+                h2_mock.wait_ready()
+                h2_url = f"https://127.0.0.1:{h2_mock.port}/v1"
+                h2_config = relaygate_config(h2_url, raw["features"], H2_PROVIDER.format(cert=cert))
+        raw["transport_configs"] = {LIBRARY_TARGET: library_config, H2_TARGET: h2_config}
 
         log("import time")
         raw["import"] = import_time(s.import_reps)
@@ -726,12 +898,42 @@ def main() -> None:
             )
         if raw["features"]["response cache (the relaygate-cache target)"]:
             cached = relaygate_server(rg_config + CACHE_CONFIG, work, name=CACHE_TARGET)
-            targets.append(Target(CACHE_TARGET, cached, key=CLIENT_KEY, prefix="mock/"))
+            targets.append(
+                Target(
+                    CACHE_TARGET, cached, key=CLIENT_KEY, prefix="mock/", scenarios=CACHE_SCENARIOS
+                )
+            )
         else:
             notes.append(f"{CACHE_TARGET} not measured: this relaygate has no cache.enabled.")
-        if baseline_src is not None:
-            old = relaygate_server(rg_config, work, name=baseline_name, src=baseline_src)
-            targets.append(Target(baseline_name, old, key=CLIENT_KEY, prefix="mock/"))
+        if library_config:
+            lib = relaygate_server(library_config, work, name=LIBRARY_TARGET)
+            targets.append(
+                Target(
+                    LIBRARY_TARGET,
+                    lib,
+                    key=CLIENT_KEY,
+                    prefix="mock/",
+                    scenarios=TRANSPORT_SCENARIOS,
+                )
+            )
+        if h2_config and h2_mock is not None:
+            over_h2 = relaygate_server(h2_config, work, name=H2_TARGET)
+            targets.append(
+                Target(
+                    H2_TARGET,
+                    over_h2,
+                    key=CLIENT_KEY,
+                    prefix="mock/",
+                    companion=h2_mock,
+                    scenarios=TRANSPORT_SCENARIOS,
+                    versions_from=h2_mock,
+                )
+            )
+        for name, src in baselines:
+            old = relaygate_server(rg_config, work, name=name, src=src)
+            targets.append(
+                Target(name, old, key=CLIENT_KEY, prefix="mock/", scenarios=BASELINE_SCENARIOS)
+            )
         targets.append(Target("minimal", minimal_server(up_url, work)))
         if litellm_err is None:
             targets.append(Target("litellm", litellm_server(up_url, work), key=LITELLM_KEY))
@@ -745,6 +947,8 @@ def main() -> None:
         raw["commands"]["upstream-mock"] = upstream.command
         if redis is not None:
             raw["commands"]["redis"] = redis.command
+        if h2_mock is not None:
+            raw["commands"]["h2-mock"] = h2_mock.command
         mine = {os.getpid(), *(p for srv in servers for p in tree(srv.pid))}
         raw["load"].append(load_snapshot("before", mine))
         log("warm-up")
@@ -769,15 +973,11 @@ def main() -> None:
                 for t in targets:
                     if scen == "S4" and t.name == "litellm" and rep > 0:
                         continue  # one S4 run of LiteLLM is enough, and it is slow
-                    if t.name == baseline_name and scen not in BASELINE_SCENARIOS:
-                        continue
-                    if scen in DOOR_SCENARIOS and t.name != "relaygate":
-                        continue
-                    if (scen in CACHE_SCENARIOS) != (t.name == CACHE_TARGET):
+                    if not t.runs(scen):
                         continue
                     log(f"{scen} run {rep + 1}/{s.reps} {t.name}")
                     t.server.wait_idle()
-                    results[scen][t.name].append(fn(t))
+                    results[scen][t.name].append(measured(t, fn))
             raw["load"].append(load_snapshot(f"after {scen}", mine))
         raw["results"] = results
         raw["litellm_config"] = LITELLM_USED.get("config", "")
@@ -803,7 +1003,8 @@ def main() -> None:
     finally:
         for srv in reversed(servers):
             srv.stop()
-    notes.extend(log_warnings(work, ("relaygate", "relaygate-redis", baseline_name)))
+    names = ("relaygate", "relaygate-redis", CACHE_TARGET, LIBRARY_TARGET, H2_TARGET, "h2-mock")
+    notes.extend(log_warnings(work, (*names, *(name for name, _ in baselines))))
     raw["elapsed_s"] = time.time() - started
     raw["finished_utc"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     stamp = time.strftime("%Y%m%d-%H%M%S")
