@@ -116,3 +116,34 @@ def test_http2_through_the_gateway(
     assert streamed.text.rstrip().endswith("data: [DONE]")
     assert upstream.versions == ["2"] * 4
     assert_keys_unblamed(gw)
+
+
+def test_an_upstream_closing_its_http2_connection_never_blames_the_key(
+    fakes: Fakes, live_gateway: Any, ca: Any, ca_file: str, tmp_path: Path
+) -> None:
+    """hypercorn ends an HTTP/2 connection after `keep_alive_max_requests` requests (GOAWAY),
+    as real upstreams do; the calls it cuts are the way's failure: tried again, never the key's
+    (before, each cooled the key and clients got 503 no_available_keys)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cert = ca.issue_cert("localhost")
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(certfile))
+    cert.private_key_pem.write_to_path(str(keyfile))
+    upstream = H2Upstream(str(certfile), str(keyfile))
+    upstream.config.keep_alive_max_requests = 3
+    fakes.start(upstream)
+    base = f"https://localhost:{upstream.port}/v1"
+    data = config(base, ["sk-a"], transport={"http2": True}, tls={"ca_bundle": ca_file})
+    data["retries"]["max_attempts"] = 4
+    gw = live_gateway(data)
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda _: post(gw), range(48)))
+    codes = [r.status_code for r in replies]
+    assert 503 not in codes
+    for reply in replies:
+        if reply.status_code != 200:  # every attempt cut: the way's code, never the key's
+            assert reply.json()["error"]["code"] == "upstream_transport_error", reply.text
+    assert codes.count(200) >= 24  # hypercorn cuts streams in flight: some meet it 4 times
+    assert len(upstream.versions) >= 48
+    assert_keys_unblamed(gw)

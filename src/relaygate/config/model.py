@@ -103,7 +103,7 @@ class TransportConfig(_Model):
 
     kind: Literal["auto", "own", "library"] = "auto"
     http2: bool = False
-    max_connections_per_host: int = Field(default=100, ge=1, le=10_000)
+    max_connections_per_host: int = Field(default=1000, ge=1, le=10_000)
     keepalive_s: float = Field(default=30.0, gt=0, le=3600)
     connect_timeout_s: float = Field(default=10.0, gt=0, le=600)
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)

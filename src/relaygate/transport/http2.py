@@ -26,6 +26,9 @@ from relaygate.transport.options import TransportOptions, warn_unverified
 
 Content = bytes | AsyncIterable[bytes] | None
 MAX_CLIENTS = 256  # one per proxy; as many as the config names
+# the connection ended under a request (a GOAWAY, a reset, a read or write on a closed socket):
+# it carries many streams at once, so this is the way's failure, never a key's (SPEC §11a)
+_CUT = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.CloseError)
 
 
 class Http2Response:
@@ -59,6 +62,8 @@ class Http2Response:
             raise
         except httpx.TimeoutException:
             raise TimeoutError("the upstream went silent") from None
+        except _CUT:  # GOAWAY or a reset connection, for every stream on it: the way's
+            raise TransportError("the upstream closed the HTTP/2 connection") from None
         except httpx.TransportError as exc:
             raise ConnectionResetError(f"the stream broke: {type(exc).__name__}") from None
         if tail:
@@ -149,8 +154,8 @@ def _mapped(exc: httpx.HTTPError) -> BaseException:
         return TimeoutError("the upstream went silent")
     if isinstance(exc, httpx.ConnectError):
         return ConnectionRefusedError("could not connect to the upstream")
-    if isinstance(exc, httpx.RemoteProtocolError):
-        return ConnectionResetError("the upstream broke the protocol or closed the connection")
+    if isinstance(exc, _CUT):
+        return TransportError("the upstream closed the HTTP/2 connection")
     if isinstance(exc, httpx.TransportError):
         return ConnectionError(f"the upstream call failed: {type(exc).__name__}")
     return TransportError(f"the upstream call failed: {type(exc).__name__}")

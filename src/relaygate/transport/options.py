@@ -24,7 +24,7 @@ class TransportOptions:
     verify: bool = True
     client_cert: str | None = None
     client_key: str | None = None
-    max_connections_per_host: int = 100
+    max_connections_per_host: int = 1000
     keepalive_s: float = 30.0
     connect_timeout_s: float = 10.0
     max_body_bytes: int = 64 * 1024 * 1024
