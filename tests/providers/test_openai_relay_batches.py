@@ -1,10 +1,12 @@
 """The OpenAI stream relay's batch path (whole `data:` events of one read passed on as they came)
 gives exactly what reading each event gives: the same bytes, usage, end and error, whatever the
 events hold (text with `data: `, "usage" or "error" in it, tool calls, null usage keys, groq's
-x_groq usage) and wherever the reads are cut. Property-tested against the event-by-event path."""
+x_groq usage, compact JSON or with spaces) and wherever the reads are cut. Property-tested
+against the event-by-event path."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
@@ -42,7 +44,10 @@ def streams(draw: Any) -> tuple[bytes, list[int]]:
             chunks.append({"id": "c", "choices": [], "usage": usage})
         else:
             chunks.append({"id": "c", "choices": [], "x_groq": {"usage": usage}})
-    raw = b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks)
+    if draw(st.booleans()):  # compact, as most upstreams send it
+        raw = b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks)
+    else:  # JSON with spaces (Python's json): the usage must be read all the same
+        raw = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks)
     if draw(st.booleans()):
         raw += b"data: [DONE]\n\n"
     if draw(st.booleans()):

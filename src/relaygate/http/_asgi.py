@@ -123,12 +123,16 @@ async def relay_stream(
     *,
     watch: bool = True,
     render: Render | None = None,
+    finished: Callable[[], bool] | None = None,
 ) -> None:
     """Relay the stream's chunks. When the client goes away first, this task is cancelled,
     which cancels the upstream read and lets the relay mark the call client_closed: by
     relaygate's server (http/server.py, `watch` False), or else by a watcher task of this
     stream's own that waits for `http.disconnect`; the watcher's cancellation ends here.
-    `render`: each piece goes out in a door's format (its tail when the core's stream ends)."""
+    `render`: each piece goes out in a door's format (its tail when the core's stream ends).
+    `finished`: true once the piece just read completed the stream ([DONE] seen): that piece
+    goes out as the last part (one write with the end of the chunked body), and the stream is
+    read on to its end (where the call is settled; nothing more comes)."""
     task = asyncio.current_task()
     assert task is not None
     state = {"done": False, "gone": False}
@@ -144,19 +148,25 @@ async def relay_stream(
 
     watcher = asyncio.get_running_loop().create_task(watcher_task()) if watch else None
     try:
-        if render is None:
-            async for chunk in chunks:
+        ended = False
+        async for piece in chunks:
+            if ended:
+                continue  # past the stream's end: nothing is sent after the last part
+            chunk = piece if render is None else render.feed(piece)
+            if finished is not None and finished():
+                ended = True
+                if render is not None:
+                    chunk += render.finish()
+                state["done"] = True
+                await send({"type": "http.response.body", "body": chunk})
+            elif chunk:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        else:
-            async for piece in chunks:
-                chunk = render.feed(piece)
-                if chunk:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            tail = render.finish()
+        if not ended:
+            tail = b"" if render is None else render.finish()
             if tail:
                 await send({"type": "http.response.body", "body": tail, "more_body": True})
-        state["done"] = True
-        await send(_END)
+            state["done"] = True
+            await send(_END)
     except asyncio.CancelledError:
         if not state["gone"]:
             raise

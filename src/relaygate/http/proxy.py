@@ -32,7 +32,7 @@ from relaygate.http._asgi import (
     read_body,
     relay_stream,
 )
-from relaygate.http._common import WATCHED, cancelled_by_us, internal_error, parse_json
+from relaygate.http._common import HOLD, WATCHED, cancelled_by_us, internal_error, parse_json
 from relaygate.http._door_relay import DoorRelay
 from relaygate.http.doors import Route
 from relaygate.http.headers import extract_key, limit_headers
@@ -109,8 +109,10 @@ class Proxy:
                 head = encoded(answer_headers(result, call))
                 head.extend(_SSE_TAIL)
                 head.append((b"content-type", door.stream_content_type))
-                started = True
-                await send({"type": "http.response.start", "status": 200, "headers": head})
+                started = True  # the head leaves with the first part (HOLD): it is at hand
+                await send(
+                    {"type": "http.response.start", "status": 200, "headers": head, HOLD: True}
+                )
                 render: Render | None = None
                 if rendered is not None:
                     chunks = self.gw.relay(result, call)
@@ -122,7 +124,10 @@ class Proxy:
                 if capture is not None:
                     render = capture.tap(render, result)
                 watch = not scope.get(WATCHED)
-                await relay_stream(chunks, receive, send, watch=watch, render=render)
+                relay = result.relay
+                await relay_stream(
+                    chunks, receive, send, watch=watch, render=render, finished=relay.is_finished
+                )
             finally:
                 if not result.settled:  # never relayed: the client left before the first byte
                     self.gw.discard(result, call)

@@ -62,13 +62,32 @@ def _answer(status: int, code: str, message: str) -> bytes:
     )
 
 
+class _Collect:
+    """Stands in for the transport while uvicorn renders a held head and the first body part."""
+
+    __slots__ = ("closed", "parts")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(data)
+
+    def close(self) -> None:  # uvicorn's close after a last part: done once the parts are out
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
 class OneWriteCycle(RequestResponseCycle):
-    """uvicorn's request cycle, but a start message marked HOLD is kept until its body, and a
-    whole answer (one body part, a Content-Length of its size) leaves in one write, rendered as
-    uvicorn renders it: status line, uvicorn's default headers, the app's, with uvicorn's checks
-    of names and values and its keep-alive rule. Anything else sent while a head is held gets
-    uvicorn's own path (a held head then goes first, or is dropped for a new start message such
-    as uvicorn's 500 after an app error)."""
+    """uvicorn's request cycle, but a start message marked HOLD is kept until the first body
+    part and leaves in the same write. A whole answer (one body part, a Content-Length of its
+    size) is rendered here as uvicorn renders it: status line, uvicorn's default headers, the
+    app's, with uvicorn's checks of names and values and its keep-alive rule; any other first
+    part (a stream's, chunked) is rendered by uvicorn itself into one buffer. A new start
+    message while a head is held (uvicorn's 500 after an app error) drops the held one."""
 
     _held: Any = None
 
@@ -98,9 +117,20 @@ class OneWriteCycle(RequestResponseCycle):
                     self.transport.close()
                 self.on_response()
                 return
-        if kind == "http.response.body":
+        if kind != "http.response.body":
+            await super().send(message)
+            return
+        transport, collect = self.transport, _Collect()
+        self.transport = collect  # type: ignore[assignment]
+        try:
             await super().send(held)
-        await super().send(message)
+            await super().send(message)
+        finally:
+            self.transport = transport
+        if collect.parts and not transport.is_closing():
+            transport.write(b"".join(collect.parts))
+        if collect.closed:
+            transport.close()
 
     def _whole(self, held: Any, body: bytes) -> bytes | None:
         """The answer's bytes, or None when uvicorn must render it (HEAD, no or another length,

@@ -104,8 +104,11 @@ class OpenAIStreamRelay(StreamRelay):
         if end == 1:
             return None
         whole = data if end == len(data) else data[:end]
-        if b"\r" in whole or b'"error"' in whole or b'": ' in whole:
-            return None  # CR line ends, an error, or JSON with spaces (usage unread): each event
+        if b"\r" in whole or b'"error"' in whole:
+            return None  # CR line ends or an error: each event
+        named = whole.rfind(b'"usage"')
+        if named != -1 and whole[named + 7 : named + 9] not in (b":{", b":n"):
+            return None  # JSON with spaces (`"usage": {` would go unread): each event
         events = whole.count(b"data: ")
         if whole.count(b"\n") != 2 * events:
             return None  # a field or comment line, an event of several lines, or a payload

@@ -57,6 +57,10 @@ class StreamRelay(ABC):
         self.finished = False
         self.content_events = 0
 
+    def is_finished(self) -> bool:
+        """The stream ended as it should (its last output is out), with no failure."""
+        return self.finished and self.error is None
+
     @abstractmethod
     def feed(self, data: bytes) -> bytes: ...
 
