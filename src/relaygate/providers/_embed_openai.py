@@ -52,10 +52,12 @@ def _usage_only(raw: bytes) -> Usage | None:
     """The usage of an answer the client takes as it came, read without parsing the vectors:
     the flat `"usage":{...}` object after the data, when the answer is a plain list of
     vectors with no error in it; None takes the full reading."""
-    if not raw.startswith(b"{") or b'"error"' in raw:
-        return None
+    data = raw.find(b'"data":[')
     at = raw.rfind(b'"usage":{')
-    if at == -1 or raw.find(b'"data":[') == -1:
+    if not raw.startswith(b"{") or data == -1 or at == -1:
+        return None
+    # the vectors hold numbers only: an "error" key can sit before them or after the last array
+    if b'"error"' in raw[:data] or b'"error"' in raw[raw.rfind(b"]") :]:
         return None
     start = at + 8
     end = raw.find(b"}", start)
