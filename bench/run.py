@@ -57,8 +57,9 @@ report lists what was on. Still to do as relaygate grows:
     measured in S1 and S2 only; add or move one when a later build becomes the one to stay
     within 5 % of (report.py looks each goal's baseline up by its commit);
   - the transport (issue 16): relaygate-library and relaygate-h2 are on when ProviderConfig has
-    `transport`; the transport's bounds keep their defaults (max_connections_per_host 100: S4's
-    1,000 streams queue for a connection, which shows in S4's time to first byte);
+    `transport`; the transport's bounds keep their defaults (max_connections_per_host 1,000:
+    S4's 1,000 streams each get a connection over HTTP/1.1, and over HTTP/2 ten connections of
+    100 streams, transport/http2.py's lanes);
   - metrics (/metrics, prometheus-client) are always on in relaygate; nothing to configure.
 """
 

@@ -24,6 +24,8 @@ from tests.fakes._server import free_port
 pytestmark = pytest.mark.usefixtures("no_env_proxy")
 BIG = gzip.compress(bytes(8 << 20))
 seen: list[tuple[str, str]] = []
+peers: set[int] = set()  # the client ports /hold was called from: one per connection
+held = asyncio.Event()
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -36,6 +38,12 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if not message.get("more_body"):
             break
     seen.append((scope["http_version"], scope["path"]))
+    if scope["path"] == "/hold":  # the head now, the body once the test lets go
+        peers.add(scope["client"][1])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await held.wait()
+        await send({"type": "http.response.body", "body": b"done"})
+        return
     if scope["path"] == "/big":
         headers = [(b"content-type", b"application/json"), (b"content-encoding", b"gzip")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -109,3 +117,23 @@ async def test_http2_through_a_connect_proxy(h2_server: str, h2, proxies) -> Non
     assert resp.http_version == "HTTP/2" and await resp.read(100) == b'{"echo": 1}'
     resp.close()
     assert [m for m, _ in proxy.asked] == ["CONNECT"]
+
+
+async def test_calls_past_one_connections_streams_open_another(h2_server: str, h2) -> None:
+    """httpx carries at most 100 calls at once on one HTTP/2 connection and opens no second:
+    250 open streams must not wait behind the first 100 (they leave on three connections)."""
+    held.clear()
+    peers.clear()
+    opened = await asyncio.wait_for(
+        asyncio.gather(*(h2.request("POST", h2_server + "/hold", {}, b"x") for _ in range(250))),
+        timeout=15,
+    )
+    assert all(resp.http_version == "HTTP/2" for resp in opened)
+    assert len(peers) == 3
+    held.set()
+    bodies = await asyncio.gather(*(resp.read(1 << 10) for resp in opened))
+    assert set(bodies) == {b"done"}
+    for resp in opened:
+        resp.close()
+    lanes = h2._clients[None]
+    assert len(lanes) == 3 and all(lane.busy == 0 for lane in lanes)
