@@ -506,7 +506,7 @@ def goals_transport(fg: Figures) -> list[str]:
         f"{_f(direct_ttfb)} ms): the transports keep their default `max_connections_per_host` "
         "(1,000 since commit b47ce58, 100 before: HTTP/1.1 streams past it queue for a free "
         "connection); httpx carries at most 100 streams on one HTTP/2 connection and opens no "
-        "second, so before commit 'HTTP/2 lanes' relaygate-h2's streams past 100 queued there "
+        "second, so before commit e0d363d relaygate-h2's streams past 100 queued there "
         "(time to first byte ~20 s); since, they are spread over lanes of 100.",
     ]
     for scen, per in (("S1", "request"), ("S2", "stream")):

@@ -257,3 +257,25 @@ def test_start_up_failures_are_one_line_without_traceback(tmp_path, env):
     assert done.returncode != 0
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_start_up_warnings_use_the_configured_log_format(tmp_path: Path) -> None:
+    """`tls.verify: false` is warned about while the gateway is built, before the server's own
+    logging was set: the warning still comes out in the configured (JSON) format."""
+    import json
+
+    port = free_port()
+    (tmp_path / "relaygate.yaml").write_text(
+        "providers:\n  lab:\n    type: openai\n    base_url: https://127.0.0.1:9/v1\n"
+        "    keys: [sk-lab-key-0123456789]\n    models: [m]\n    tls: {verify: false}\n"
+    )
+    env = clean_env(RELAYGATE_LOG_JSON="1")
+    server = Server(tmp_path, "serve", "--port", str(port), env=env)
+    try:
+        server.wait_healthy(port)
+    finally:
+        server.stop()
+    lines = [line for line in server.stderr.splitlines() if "not verified" in line]
+    assert len(lines) == 1, server.stderr
+    record = json.loads(lines[0])
+    assert record["level"] == "warning" and "lab" in record["msg"]

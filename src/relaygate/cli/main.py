@@ -68,7 +68,7 @@ def _serve(
         )
     import uvicorn
 
-    from relaygate._logging import setup_logging
+    from relaygate._logging import Redactor, setup_logging
     from relaygate.gateway import Gateway
     from relaygate.http.app import create_app
     from relaygate.http.server import GatewayServer, server_config
@@ -89,7 +89,6 @@ def _serve(
         uvicorn.run("relaygate.http.app:app_from_env", factory=True, reload=True, **common)
         return
     if cfg.server.workers > 1:
-        from relaygate._logging import Redactor
         from relaygate.http.workers import serve_workers
 
         redactor = Redactor(cfg.secrets())
@@ -99,6 +98,8 @@ def _serve(
             cfg.server.workers, cfg.server.host, cfg.server.port, config, overrides
         )
         raise typer.Exit(code)
+    # what the gateway logs while it is built (a `tls.verify: false` warning) in the set format
+    setup_logging(cfg.server.log_level, json=cfg.server.log_json, redactor=Redactor(cfg.secrets()))
     try:
         gw = Gateway(cfg)
     except ConfigError as exc:
