@@ -88,18 +88,17 @@ def _serve(
             os.environ["RELAYGATE_CONFIG"] = config
         uvicorn.run("relaygate.http.app:app_from_env", factory=True, reload=True, **common)
         return
+    # set before the gateway is built, so what it logs then (a `tls.verify: false` warning)
+    # comes out in the set format
+    setup_logging(cfg.server.log_level, json=cfg.server.log_json, redactor=Redactor(cfg.secrets()))
     if cfg.server.workers > 1:
         from relaygate.http.workers import serve_workers
 
-        redactor = Redactor(cfg.secrets())
-        setup_logging(cfg.server.log_level, json=cfg.server.log_json, redactor=redactor)
         overrides = {"server": {k: v for k, v in server.items() if v is not None}}
         code = serve_workers(
             cfg.server.workers, cfg.server.host, cfg.server.port, config, overrides
         )
         raise typer.Exit(code)
-    # what the gateway logs while it is built (a `tls.verify: false` warning) in the set format
-    setup_logging(cfg.server.log_level, json=cfg.server.log_json, redactor=Redactor(cfg.secrets()))
     try:
         gw = Gateway(cfg)
     except ConfigError as exc:

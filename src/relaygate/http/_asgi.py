@@ -11,9 +11,9 @@ from urllib.parse import parse_qs
 
 from starlette.types import Message, Receive, Scope, Send
 
-from relaygate.errors import InvalidRequest, PayloadTooLarge, RelaygateError
+from relaygate.errors import PayloadTooLarge, RelaygateError
 from relaygate.formats.base import Door
-from relaygate.http._common import HOLD
+from relaygate.http._common import HOLD, refuse_declared
 from relaygate.http.headers import error_headers
 
 JSON = (b"content-type", b"application/json")
@@ -41,12 +41,7 @@ def google_key(scope: Scope) -> str | None:
 
 
 async def read_body(receive: Receive, declared: bytes | None, limit: int) -> bytes:
-    if declared is not None:
-        try:
-            if int(declared.decode("latin-1")) > limit:
-                raise PayloadTooLarge(limit)
-        except ValueError:
-            raise InvalidRequest("Content-Length is not a number.") from None
+    refuse_declared(declared, limit)
     message = await receive()
     if message["type"] != "http.request":
         raise ClientGone

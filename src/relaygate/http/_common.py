@@ -47,14 +47,21 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
     )
 
 
+def refuse_declared(declared: bytes | str | None, limit: int) -> None:
+    """A declared Content-Length over `limit` is refused before the body is read (413); one that
+    is not a number is a 400."""
+    if declared is None:
+        return
+    try:
+        size = int(declared.decode("latin-1") if isinstance(declared, bytes) else declared)
+    except ValueError:
+        raise InvalidRequest("Content-Length is not a number.") from None
+    if size > limit:
+        raise PayloadTooLarge(limit)
+
+
 async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            if int(declared) > limit:
-                raise PayloadTooLarge(limit)
-        except ValueError:
-            raise InvalidRequest("Content-Length is not a number.") from None
+    refuse_declared(request.headers.get("content-length"), limit)
     parts: list[bytes] = []
     size = 0
     async for chunk in request.stream():

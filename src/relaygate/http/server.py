@@ -334,19 +334,15 @@ class GatewayServer(uvicorn.Server):
                 await drain
 
 
-def raise_open_files_limit(wanted: int = OPEN_FILES) -> int:
-    """The soft open-files limit raised towards `wanted` (never past the hard limit): a client
+def raise_open_files_limit() -> None:
+    """The soft open-files limit raised towards OPEN_FILES (never past the hard limit): a client
     connection and an upstream one per request in flight, with up to 1,000 upstream connections
-    per host by default, pass the common soft limit of 1,024. Returns the limit now in force."""
+    per host by default, pass the common soft limit of 1,024."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    target = OPEN_FILES if hard == resource.RLIM_INFINITY else min(OPEN_FILES, hard)
     if soft != resource.RLIM_INFINITY and soft < target:
-        try:
+        with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError):
-            return soft
-        return target
-    return soft
 
 
 def server_config(app: Any, *, grace_s: float, **options: Any) -> uvicorn.Config:

@@ -21,6 +21,7 @@ from relaygate.formats.audio import HEADER_BYTES, form_model, wav_seconds
 from relaygate.formats.base import Door
 from relaygate.gateway import Gateway
 from relaygate.http._asgi import ClientGone, encoded, header
+from relaygate.http._common import refuse_declared
 from relaygate.http.doors import Route
 from relaygate.providers.base import native_codec
 from relaygate.routing.attempts import Completed
@@ -36,13 +37,7 @@ async def read_form(
     receive: Receive, kind: str | None, declared: bytes | None, limit: int
 ) -> FormReader:
     """The form, read whole within `limit` bytes; the caller closes it."""
-    if declared is not None:
-        try:
-            size = int(declared.decode("latin-1"))
-        except ValueError:
-            raise InvalidRequest("Content-Length is not a number.") from None
-        if size > limit:
-            raise PayloadTooLarge(limit)
+    refuse_declared(declared, limit)
     form = FormReader(kind, FILE_FIELD)
     try:
         size, more = 0, True
