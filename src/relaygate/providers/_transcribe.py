@@ -18,6 +18,7 @@ from relaygate.providers.base import Provider, StreamRelay, bearer_headers
 from relaygate.types import NativeBody, Upload, UpstreamRequest, Usage
 
 CHUNK = 256 * 1024  # bytes read from the spool per write
+KEEPS_CONTENT_TYPE = True  # the answer's content type goes to the client (base.py)
 
 
 def _quoted(name: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import importlib
 import math
 import re
@@ -83,6 +84,11 @@ class NativeCodec(Protocol):
     def relay(self) -> StreamRelay: ...
 
 
+# a codec module that sets this to True has its answer's content type go to the client as the
+# upstream sent it (a transcription's text, srt or vtt); the others answer JSON
+KEEPS_CONTENT_TYPE = "KEEPS_CONTENT_TYPE"
+
+
 def codec_answer(
     codec: NativeCodec, raw: bytes, model: str, native: NativeBody
 ) -> tuple[bytes, Usage | None]:
@@ -101,8 +107,12 @@ def codec_answer(
 def native_codec(provider: Provider, door: str) -> NativeCodec | None:
     """The codec that passes `door`'s format through to `provider`, if it speaks it."""
     module = provider.native_doors.get(door)
-    if module is None:
-        return None
+    return None if module is None else _codec(module)
+
+
+@functools.cache
+def _codec(module: str) -> NativeCodec:
+    """A codec module, imported once (a few modules, named by the providers' tables)."""
     codec: NativeCodec = importlib.import_module(f"relaygate.providers.{module}")
     return codec
 

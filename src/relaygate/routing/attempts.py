@@ -23,6 +23,7 @@ from relaygate.errors import (
 from relaygate.keys.pool import KeyPool, Lease
 from relaygate.providers._sse import EventTooLarge
 from relaygate.providers.base import (
+    KEEPS_CONTENT_TYPE,
     MAX_UPSTREAM_BODY,
     InBandFailure,
     NativeCodec,
@@ -231,7 +232,7 @@ class AttemptLoop:
                         out, usage = provider.parse_response(raw, model=target.model)
                     lease.succeeded(usage)
                     done = Completed(out, usage, target, lease.key_id, 0, codec is not None)
-                    if codec is not None:
+                    if codec is not None and getattr(codec, KEEPS_CONTENT_TYPE, False):
                         done.content_type = response.headers.get("content-type")
                     return done
                 started = await self._first_output(
