@@ -53,6 +53,8 @@ class Call:
     done: bool = False
     # an upload's audio length read from its file header: billed when the answer gives none
     audio_seconds: float | None = None
+    # the most audio seconds its upload can hold: reserved at the per-second price (budgets)
+    audio_bound_s: float = 0.0
     cache: str = "bypass"  # the response cache's word on it: hit, miss or bypass (SPEC §7b)
     cost_usd: float = 0.0  # what it cost, once settled
 
@@ -130,7 +132,8 @@ class Accounting:
             tokens = call.prompt_estimate + out_tokens
             if budget is not None:
                 worst = max(
-                    self.rates(t).worst_case(call.prompt_estimate, out_tokens) for t in plan
+                    self.rates(t).worst_case(call.prompt_estimate, out_tokens, call.audio_bound_s)
+                    for t in plan
                 )
         admission = await self.admissions.admit(
             AdmitRequest(client.id, client.rpm, client.tpm, tokens, budget, worst)

@@ -190,9 +190,12 @@ class Gateway:
         raw_size: int | None = None,
         request_id: str | None = None,
         cached_tokens: int | None = None,
+        audio_bound_s: float = 0.0,
     ) -> tuple[Call, list[Target]]:
         """Validate, route and admit one request (allowed models, rate limits, budget).
-        `cached_tokens`: a response cache hit of that many tokens (no budget reserved)."""
+        `cached_tokens`: a response cache hit of that many tokens (no budget reserved).
+        `audio_bound_s`: the most seconds of audio the request carries (reserved at the
+        target's per-second price)."""
         if not self.life.started:
             await self.life.start()
         try:
@@ -210,6 +213,7 @@ class Gateway:
         size = raw_size if raw_size is not None else len(orjson.dumps(messages))
         prompt = int(size / self.config.limits.prompt_bytes_per_token) + 1
         call = Call(request_id or new_request_id(), route, client, bool(body.get("stream")), prompt)
+        call.audio_bound_s = audio_bound_s
         await self.accounting.admit(call, body, plan, cached_tokens=cached_tokens)
         return call, plan
 

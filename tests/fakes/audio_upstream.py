@@ -7,6 +7,7 @@ WAV file received, as the real service measures it."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import math
@@ -31,6 +32,7 @@ class AudioReply:
     error: dict[str, Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)
     text: str = "The sun rises in the east and sets in the west."
+    delay_s: float = 0.0  # before the answer
 
 
 @dataclass
@@ -82,6 +84,7 @@ async def serve(fake: Any, request: web.Request, flavor: str) -> web.StreamRespo
     if got.size > LIMIT:
         return _error(413, _too_large(got.size, flavor))
     reply = fake._next(key)
+    await asyncio.sleep(getattr(reply, "delay_s", 0.0))
     if reply.status != 200:
         return _error(reply.status, reply.error or errors.server_error(), reply.headers)
     given = dict(got.fields)

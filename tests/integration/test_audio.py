@@ -7,6 +7,7 @@ file's bytes unchanged, key failover, the ledger row billed per audio second, th
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import socket
 import sqlite3
@@ -206,6 +207,44 @@ def test_a_plain_text_answer_is_billed_by_the_wav_header(live_gateway, whisper, 
         )
     row = ledger(gw, got.headers["x-request-id"])
     assert row["cost_usd"] == pytest.approx(3.0 * 0.006 / 60)  # whisper-1's published rate
+
+
+def test_concurrent_uploads_never_spend_past_the_budget(live_gateway, whisper, wav):
+    """SPEC §6: the worst case of each upload (the most seconds its file can hold, at the
+    per-second price) is reserved before it is sent, so ten at once cannot overspend."""
+    oa, _ = whisper
+    oa.default = AudioReply(delay_s=0.5)  # all ten in flight together
+    gw = live_gateway(
+        {
+            "providers": {"openai": {"type": "openai", "base_url": oa.base_url, "keys": OA_KEYS}},
+            "admin_secret": ADMIN_SECRET,
+            "pricing": {"openai/whisper-1": {"per_second": 0.001}},
+            "clients": [{"name": "capped", "key": CLIENT_KEY, "monthly_budget_usd": 0.02}],
+        }
+    )
+    data = wav.read_bytes()  # 3 s, at most 3.0014 s by its size: $0.0030 reserved, $0.003 billed
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30) as client:
+
+            async def one() -> httpx.Response:
+                return await client.post(
+                    gw.v1 + "/audio/transcriptions",
+                    headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+                    data={"model": "whisper-1"},
+                    files={"file": ("speech.wav", data, "audio/wav")},
+                )
+
+            return await asyncio.gather(*(one() for _ in range(10)))
+
+    answers = asyncio.run(burst())
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses == [200] * 6 + [429] * 4  # 6 x $0.0030 fit in $0.02, a seventh does not
+    refused = next(a for a in answers if a.status_code == 429)
+    assert refused.json()["error"]["code"] == "budget_exceeded"
+    assert len(oa.received) == 6
+    spent = sum(ledger(gw, a.headers["x-request-id"])["cost_usd"] for a in answers if a.is_success)
+    assert spent == pytest.approx(6 * 0.003) and spent <= 0.02
 
 
 def raw_request(gw: Any, head: str, body: bytes = b"") -> tuple[int, bytes]:

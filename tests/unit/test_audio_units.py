@@ -11,7 +11,7 @@ import pydantic
 import pytest
 
 from relaygate.config.model import PriceConfig
-from relaygate.formats.audio import wav_seconds
+from relaygate.formats.audio import MIN_BYTES_PER_SECOND, most_seconds, wav_seconds
 from relaygate.limits.pricing import Pricing
 from relaygate.providers._transcribe import MultipartBody, answer
 from relaygate.types import Upload, Usage
@@ -26,6 +26,22 @@ def test_wav_seconds_reads_the_header() -> None:
     streamed = bytearray(sine_wav(1.0)[:44])
     streamed[40:44] = b"\xff\xff\xff\xff"  # a recorder that did not know the length
     assert wav_seconds(bytes(streamed)) is None
+
+
+def test_the_most_seconds_a_file_can_hold_whatever_its_header_says() -> None:
+    wav = sine_wav(3.0)  # 16 kHz, 16-bit mono: 32,000 bytes a second
+    assert most_seconds(wav[:4096], len(wav)) == len(wav) / 32000  # the whole file as samples
+    lying = bytearray(wav[:44])
+    lying[28:32] = (10**9).to_bytes(4, "little")  # the byte rate: decoders do not read it
+    lying[40:44] = (64).to_bytes(4, "little")  # a data chunk of 64 bytes: neither
+    assert most_seconds(bytes(lying), len(wav)) == len(wav) / 32000
+    slow = sine_wav(0.5, rate=8000)
+    assert most_seconds(slow, 10**6) == 10**6 / 16000
+    compressed = bytearray(wav[:44])
+    compressed[20:22] = (0x55).to_bytes(2, "little")  # an MP3 inside a WAV: any length per byte
+    assert most_seconds(bytes(compressed), 10**6) == 10**6 / MIN_BYTES_PER_SECOND
+    assert most_seconds(b"ID3\x04" + b"\0" * 100, 25 * 2**20) == 25 * 2**20 / 500  # an mp3
+    assert most_seconds(wav[:30], 10**6) == 10**6 / 500  # the fmt chunk cut short
 
 
 def test_the_form_streams_exactly_the_length_it_declares() -> None:

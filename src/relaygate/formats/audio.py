@@ -4,7 +4,8 @@ it serve it (providers/_transcribe.py), and the answer goes back as the upstream
 content type, whatever the `response_format`), so the door renders nothing itself. Its body is
 `{"model", "upload"}` (types.Upload: the form's fields and the spooled file), read by
 http/uploads.py. Also owns reading an audio file's length from its header (WAV), what a
-transcription is billed by when the answer does not say."""
+transcription is billed by when the answer does not say, and the most seconds a file can hold,
+what a budget reserves for it."""
 
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ from relaygate.errors import InvalidRequest
 from relaygate.formats.base import Door, DoorStream
 
 HEADER_BYTES = 4096  # where a WAV file's fmt and data chunks are looked for
+# the fewest bytes a second of audio takes in any format the upstreams decode (AMR-NB's lowest
+# mode is 4.75 kbit/s, Opus's 6): a file's size over this bounds its length from above
+MIN_BYTES_PER_SECOND = 500
+_UNCOMPRESSED = (1, 3, 0xFFFE)  # WAVE_FORMAT_PCM, _IEEE_FLOAT, _EXTENSIBLE
 
 
 class Transcription(Door):
@@ -56,6 +61,32 @@ def wav_seconds(head: bytes) -> float | None:
             if not byte_rate or size in (0, 0xFFFFFFFF):
                 return None
             return float(size) / byte_rate
+        at += 8 + size + (size & 1)
+    return None
+
+
+def most_seconds(head: bytes, size: int) -> float:
+    """The most seconds of audio a file of `size` bytes can hold, whatever its header says of
+    its length: what a budget reserves for it before the upstream bills the real length. An
+    uncompressed WAV holds at most its size over its sample rate times its frame size (the
+    fields a decoder reads the samples by, not the byte rate or the data size, which may lie);
+    any other file at most its size over MIN_BYTES_PER_SECOND."""
+    rate = _frame_rate(head)
+    return size / (rate if rate else MIN_BYTES_PER_SECOND)
+
+
+def _frame_rate(head: bytes) -> int | None:
+    """Bytes a second of an uncompressed WAV's samples (sample rate x block align), else None."""
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    at = 12
+    while at + 8 <= len(head):
+        kind, size = head[at : at + 4], struct.unpack_from("<I", head, at + 4)[0]
+        if kind == b"fmt ":
+            if at + 22 > len(head):
+                return None
+            tag, _, rate, _, align = struct.unpack_from("<HHIIH", head, at + 8)
+            return rate * align if tag in _UNCOMPRESSED and rate and align else None
         at += 8 + size + (size & 1)
     return None
 

@@ -17,7 +17,7 @@ from relaygate.auth.clients import ClientInfo
 from relaygate.errors import InvalidRequest, PayloadTooLarge
 from relaygate.formats import seed
 from relaygate.formats._form import FormReader
-from relaygate.formats.audio import HEADER_BYTES, form_model, wav_seconds
+from relaygate.formats.audio import HEADER_BYTES, form_model, most_seconds, wav_seconds
 from relaygate.formats.base import Door
 from relaygate.gateway import Gateway
 from relaygate.http._asgi import ClientGone, encoded, header
@@ -115,11 +115,17 @@ async def serve_upload(
         upload = Upload(fields, form.file_name or "", form.filename, form.file_type, *_spool(form))
         door = cls({"model": model, "upload": upload}, request_id=rid)
         chat = proxy._stand_in(door, None)
+        file_head = _head(upload)
         text_size = sum(len(k) + len(v) for k, v in fields) + len(form.filename)
         call, plan = await gw.begin(
-            chat, client=client, route=door.route, raw_size=text_size, request_id=rid
+            chat,
+            client=client,
+            route=door.route,
+            raw_size=text_size,
+            request_id=rid,
+            audio_bound_s=most_seconds(file_head, upload.size),  # what the budget reserves
         )
-        call.audio_seconds = _seconds(upload)
+        call.audio_seconds = wav_seconds(file_head)  # billed by when the answer does not say
         plan = [t for t in plan if door.name in gw.providers[t.provider].native_doors]
         native = NativeBody(door.name, door.body, False, only=True)
         result = await proxy._run(chat, call, plan, native)
@@ -149,12 +155,13 @@ def _spool(form: FormReader) -> tuple[Any, int]:
     return form.spool, form.file_size
 
 
-def _seconds(upload: Upload) -> float | None:
-    """The upload's length by its header (WAV), for a bill the answer does not give."""
+def _head(upload: Upload) -> bytes:
+    """The file's first bytes: where its header says its length (a WAV's) and its frame size."""
     if not upload.size:
-        return None
+        return b""
     upload.spool.seek(0)
-    return wav_seconds(upload.spool.read(HEADER_BYTES))
+    head: bytes = upload.spool.read(HEADER_BYTES)
+    return head
 
 
 def _seed_answer(result: Completed) -> bytes:

@@ -48,8 +48,14 @@ class Rates:
             + (usage.audio_seconds or 0.0) * self.per_second
         )
 
-    def worst_case(self, prompt_tokens: int, max_completion_tokens: int) -> float:
-        return prompt_tokens * self.input + max_completion_tokens * self.output
+    def worst_case(
+        self, prompt_tokens: int, max_completion_tokens: int, audio_seconds: float = 0.0
+    ) -> float:
+        return (
+            prompt_tokens * self.input
+            + max_completion_tokens * self.output
+            + audio_seconds * self.per_second
+        )
 
 
 def usd(amount: float) -> str:
