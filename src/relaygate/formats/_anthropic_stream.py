@@ -63,10 +63,12 @@ def stop_reason(finish: Any, *, has_tools: bool) -> str:
 def counts(usage: Any) -> tuple[int, int, int | None]:
     """(prompt tokens without the cached ones, output tokens, cached tokens or None when the
     usage did not say) from an OpenAI usage object; missing or odd numbers count as 0."""
-    if not isinstance(usage, Mapping):
+    if type(usage) is not dict and not isinstance(usage, Mapping):
         return 0, 0, None
     details = usage.get("prompt_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, Mapping) else None
+    cached = None
+    if details is not None and (type(details) is dict or isinstance(details, Mapping)):
+        cached = details.get("cached_tokens")
     cached_n = _int(cached) if cached is not None else None
     prompt = _int(usage.get("prompt_tokens"))
     return max(0, prompt - (cached_n or 0)), _int(usage.get("completion_tokens")), cached_n
@@ -182,13 +184,30 @@ _TEXT_DELTA = (
     b'event: content_block_delta\ndata: {"type":"content_block_delta","index":',
     b',"delta":{"type":"text_delta","text":',
 )
+# the events of every stream, written as `event` writes them with their few values put in
+_MESSAGE_START = (
+    b'event: message_start\ndata: {"type":"message_start","message":{"id":',
+    b',"type":"message","role":"assistant","model":',
+    b',"content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":0,'
+    b'"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":0}}}\n\n',
+)
+_TEXT_START = (
+    b'event: content_block_start\ndata: {"type":"content_block_start","index":%d,'
+    b'"content_block":{"type":"text","text":""}}\n\n'
+)
+_BLOCK_STOP = b'event: content_block_stop\ndata: {"type":"content_block_stop","index":%d}\n\n'
+_MESSAGE_DELTA = (
+    b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":',
+    b',"stop_sequence":null},"usage":',
+)
+_MESSAGE_STOP = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
 
 
 class AnthropicStream(DoorStream):
     """One streamed Message. Only the first choice is read (Anthropic has no `n`). A tool call's
     block opens on the first chunk that names its index; fragments for a tool call whose block
     was already closed (an upstream that interleaves calls) go to that block's index, which the
-    SDK's accumulator still assembles."""
+    SDK's accumulator still assembles. The chunks are JSON objects as parsed (dicts)."""
 
     def __init__(self, *, message_id: str, model: Any, tool_id: Callable[[int], str]) -> None:
         self._id = message_id
@@ -203,50 +222,51 @@ class AnthropicStream(DoorStream):
         self._text_prefix: bytes | None = None  # the open text block's delta event, up to text
 
     def feed(self, chunk: Mapping[str, Any]) -> bytes:
-        out = self._start(chunk.get("model"))
-        if isinstance(chunk.get("usage"), Mapping):
-            self._usage = chunk["usage"]
+        out = b"" if self._started else self._start(chunk.get("model"))
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self._usage = usage
         choices = chunk.get("choices")
-        for choice in choices if isinstance(choices, list) else []:
-            if not isinstance(choice, Mapping) or choice.get("index", 0) != 0:
+        for choice in choices if isinstance(choices, list) else ():
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta")
-            if isinstance(delta, Mapping):
+            if isinstance(delta, dict):
                 out += self._delta(delta)
             if choice.get("finish_reason") is not None:
                 self._finish = choice["finish_reason"]
         return out
 
-    def text_literal(self, literal: bytes) -> bytes | None:
-        """Text into the open text block, the chunk's JSON literal copied into the event (when a
-        text block is open; else the chunk goes through `feed`, which opens one)."""
-        if self._open != ("text", -1):
+    def text_run(self, literals: list[bytes], texts: list[str]) -> bytes | None:
+        """Texts into the open text block, one delta event each, joined at once (else None:
+        `feed` opens one)."""
+        prefix = self._text_prefix
+        if prefix is None:
             return None
-        if literal == b'""':
-            return b""
-        return (
-            _TEXT_DELTA[0] + str(self._blocks - 1).encode() + _TEXT_DELTA[1] + literal + b"}}\n\n"
-        )
+        if "" in texts:  # an empty text is no event
+            literals = [lit for lit in literals if lit != b'""']
+            if not literals:
+                return b""
+        return prefix + (b"}}\n\n" + prefix).join(literals) + b"}}\n\n"
 
     def end(self) -> bytes:
         out = self._start(None) + self._close()
-        _, output, _ = counts(self._usage)
-        usage: dict[str, int] = {"output_tokens": output}
-        if isinstance(self._usage, Mapping):
-            prompt, _, cached = counts(self._usage)
+        usage: dict[str, int] = {"output_tokens": 0}
+        if self._usage is not None:  # a dict
+            prompt, usage["output_tokens"], cached = counts(self._usage)
             usage["input_tokens"] = prompt
             if cached is not None:
                 usage["cache_read_input_tokens"] = cached
         reason = stop_reason(self._finish, has_tools=bool(self._tool_blocks))
-        out += event(
-            "message_delta",
-            {
-                "type": "message_delta",
-                "delta": {"stop_reason": reason, "stop_sequence": None},
-                "usage": usage,
-            },
+        return (
+            out
+            + _MESSAGE_DELTA[0]
+            + orjson.dumps(reason)
+            + _MESSAGE_DELTA[1]
+            + orjson.dumps(usage)
+            + b"}\n\n"
+            + _MESSAGE_STOP
         )
-        return out + event("message_stop", {"type": "message_stop"})
 
     def fail(self, error: Mapping[str, Any]) -> bytes:
         return self._start(None) + stream_error_event(error)
@@ -255,36 +275,33 @@ class AnthropicStream(DoorStream):
         if self._started:
             return b""
         self._started = True
-        message: dict[str, Any] = {
-            "id": self._id,
-            "type": "message",
-            "role": "assistant",
-            "model": model if isinstance(model, str) and model else self._model,
-            "content": [],
-            "stop_reason": None,
-            "stop_sequence": None,
-            "usage": {
-                "input_tokens": 0,
-                "cache_creation_input_tokens": 0,
-                "cache_read_input_tokens": 0,
-                "output_tokens": 0,
-            },
-        }
-        return event("message_start", {"type": "message_start", "message": message})
+        model = model if isinstance(model, str) and model else self._model
+        return (
+            _MESSAGE_START[0]
+            + orjson.dumps(self._id)
+            + _MESSAGE_START[1]
+            + orjson.dumps(model)
+            + _MESSAGE_START[2]
+        )
 
     def _delta(self, delta: Mapping[str, Any]) -> bytes:
         out = b""
-        thinking = reasoning_of(delta)
-        if thinking:
-            block = {"type": "thinking", "thinking": "", "signature": ""}
-            out += self._open_block(("thinking", -1), block)
-            out += self._block_delta({"type": "thinking_delta", "thinking": thinking})
+        if "reasoning_content" in delta or "reasoning" in delta:
+            thinking = reasoning_of(delta)
+            if thinking:
+                block = {"type": "thinking", "thinking": "", "signature": ""}
+                out += self._open_block(("thinking", -1), block)
+                out += self._block_delta({"type": "thinking_delta", "thinking": thinking})
         text = delta.get("content")
         if isinstance(text, str) and text:
-            out += self._open_block(("text", -1), {"type": "text", "text": ""})
-            out += self._block_delta({"type": "text_delta", "text": text})
+            prefix = self._text_prefix
+            if prefix is None:
+                out += self._open_block(("text", -1), None)
+                prefix = self._text_prefix
+                assert prefix is not None
+            out += prefix + orjson.dumps(text) + b"}}\n\n"
         calls = delta.get("tool_calls")
-        for call in calls if isinstance(calls, list) else []:
+        for call in calls if isinstance(calls, list) else ():
             if isinstance(call, Mapping):
                 out += self._tool_call(call)
         return out
@@ -312,16 +329,18 @@ class AnthropicStream(DoorStream):
             out += self._block_delta(delta, self._tool_blocks[index])
         return out
 
-    def _open_block(self, key: tuple[str, int], block: Mapping[str, Any]) -> bytes:
+    def _open_block(self, key: tuple[str, int], block: Mapping[str, Any] | None) -> bytes:
+        """Open a block (a text block when `block` is None) unless it is the open one."""
         if self._open == key:
             return b""
         out = self._close()
         self._open = key
-        if key == ("text", -1):
-            index = str(self._blocks).encode()
-            self._text_prefix = _TEXT_DELTA[0] + index + _TEXT_DELTA[1]
-        start = {"type": "content_block_start", "index": self._blocks, "content_block": block}
+        index = self._blocks
         self._blocks += 1
+        if block is None:
+            self._text_prefix = _TEXT_DELTA[0] + b"%d" % index + _TEXT_DELTA[1]
+            return out + _TEXT_START % index
+        start = {"type": "content_block_start", "index": index, "content_block": block}
         return out + event("content_block_start", start)
 
     def _block_delta(self, delta: Mapping[str, Any], index: int | None = None) -> bytes:
@@ -335,6 +354,4 @@ class AnthropicStream(DoorStream):
             return b""
         self._open = None
         self._text_prefix = None
-        return event(
-            "content_block_stop", {"type": "content_block_stop", "index": self._blocks - 1}
-        )
+        return _BLOCK_STOP % (self._blocks - 1)

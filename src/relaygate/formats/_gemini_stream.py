@@ -174,6 +174,20 @@ def error_event(error: Mapping[str, Any]) -> bytes:
 _TEXT_HEAD = b'data: {"candidates":[{"content":{"role":"model","parts":[{"text":'
 
 
+def _text_alone(choices: Any) -> str | None:
+    """The text of a chunk's choices when they are answer text alone for candidate 0."""
+    if type(choices) is not list or len(choices) != 1 or type(choices[0]) is not dict:
+        return None
+    choice = choices[0]
+    index, delta = choice.get("index", 0), choice.get("delta")
+    if type(index) is not int or index != 0 or choice.get("finish_reason") is not None:
+        return None
+    if type(delta) is not dict or len(delta) != 1:
+        return None
+    text = delta.get("content")
+    return text if type(text) is str else None
+
+
 class GeminiStream(DoorStream):
     """The core's chunks -> Gemini's SSE events. The last event is sent when the usage chunk
     (`choices: []`) arrives, or at `end` when none came."""
@@ -198,6 +212,10 @@ class GeminiStream(DoorStream):
             tail = {"modelVersion": self._model, "responseId": self._id}
             self._tail = b'}]},"index":0}],' + orjson.dumps(tail)[1:] + b"\n\n"
         choices = chunk.get("choices")
+        text = _text_alone(choices) if chunk.get("usage") is None else None
+        if text is not None:  # the common chunk, without the dicts of an event
+            self._seen.setdefault(0, None)
+            return _TEXT_HEAD + orjson.dumps(text) + self._tail if text else b""
         rows = [c for c in choices if isinstance(c, Mapping)] if isinstance(choices, list) else []
         candidates = []
         for choice in rows:
@@ -211,15 +229,17 @@ class GeminiStream(DoorStream):
                 out += self._last()
         return out
 
-    def text_literal(self, literal: bytes) -> bytes | None:
-        """Text for candidate 0 with the chunk's JSON literal copied in (after a first chunk
-        went through `feed`, which fixed the model)."""
+    def text_run(self, literals: list[bytes], texts: list[str]) -> bytes | None:
+        """Texts for candidate 0, one event each with the chunk's JSON literal copied in, joined
+        at once (after a first chunk went through `feed`, which fixed the model)."""
         if self._done or not self._tail:
             return None
         self._seen.setdefault(0, None)
-        if literal == b'""':
-            return b""
-        return _TEXT_HEAD + literal + self._tail
+        if "" in texts:  # an empty text is no event
+            literals = [lit for lit in literals if lit != b'""']
+            if not literals:
+                return b""
+        return _TEXT_HEAD + (self._tail + _TEXT_HEAD).join(literals) + self._tail
 
     def end(self) -> bytes:
         return b"" if self._done else self._last()

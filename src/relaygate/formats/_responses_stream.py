@@ -33,6 +33,21 @@ from relaygate.formats.base import DoorStream
 NewId = Callable[[str, int | None], str]
 _PART_EVENTS = {"text": "response.output_text", "refusal": "response.refusal"}
 _PART_FIELDS = {"text": "text", "refusal": "refusal"}
+# each event's bytes up to its sequence number, as orjson writes `{"type": ..., ...}`
+_HEADS = {
+    kind: b'event: %b\ndata: {"type":"%b","sequence_number":' % (kind.encode(), kind.encode())
+    for kind in (
+        "response." + name
+        for name in (
+            *("created", "in_progress", "completed", "incomplete", "failed"),
+            *("output_item.added", "output_item.done", "content_part.added"),
+            *("content_part.done", "output_text.delta", "output_text.done"),
+            *("refusal.delta", "refusal.done", "function_call_arguments.delta"),
+            *("function_call_arguments.done", "custom_tool_call_input.delta"),
+            "custom_tool_call_input.done",
+        )
+    )
+}
 _DELTA = (
     b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
     b'"sequence_number":',
@@ -45,15 +60,15 @@ class _Message:
     index: int
     item: dict[str, Any]
     kind: str | None = None  # the open part's kind: "text" or "refusal"
-    literals: list[bytes] = field(default_factory=list)  # text not yet added to the part
-    delta_head: bytes | None = None  # the open text part's delta event from item_id to delta
+    at: bytes = b""  # the open part's `"item_id":...,"output_index":...,"content_index":...`
+    pending: list[str] = field(default_factory=list)  # text not yet added to the part
+    delta_template: bytes | None = None  # the open part's delta event (%d: number, %b: text)
 
     def settle(self) -> None:
-        """Add the text sent as JSON literals (text_literal) to the open part, decoded once."""
-        if self.literals:
-            pieces = orjson.loads(b"[" + b",".join(self.literals) + b"]")
-            self.item["content"][-1]["text"] += "".join(pieces)
-            self.literals.clear()
+        """Add the text sent in runs (text_run) to the open part, at once."""
+        if self.pending:
+            self.item["content"][-1]["text"] += "".join(self.pending)
+            self.pending.clear()
 
 
 @dataclass(slots=True)
@@ -81,18 +96,20 @@ class ResponsesStream(DoorStream):
         self._usage: object = None
 
     def feed(self, chunk: Mapping[str, Any]) -> bytes:
-        sent = self._start(chunk)
-        if chunk.get("usage") is not None:
-            self._usage = chunk["usage"]
+        sent = b"" if self._response is not None else self._start(chunk)
+        usage = chunk.get("usage")
+        if usage is not None:
+            self._usage = usage
         for choice in chunk.get("choices") or []:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta")
             if isinstance(delta, dict):
-                for kind in ("refusal", "text"):
-                    piece = delta.get("content" if kind == "text" else kind)
-                    if isinstance(piece, str) and piece:
-                        sent += self._text(kind, piece)
+                refusal, text = delta.get("refusal"), delta.get("content")
+                if isinstance(refusal, str) and refusal:
+                    sent += self._text("refusal", refusal)
+                if isinstance(text, str) and text:
+                    sent += self._text("text", text)
                 for fragment in delta.get("tool_calls") or []:
                     if isinstance(fragment, dict):
                         sent += self._tool(fragment)
@@ -100,27 +117,35 @@ class ResponsesStream(DoorStream):
                 self._finish = choice["finish_reason"]
         return sent
 
-    def text_literal(self, literal: bytes) -> bytes | None:
-        """Text into the open output_text part, the chunk's JSON literal copied into the delta
-        event and kept to add to the part once, when it is read (else None: `feed` opens it)."""
+    def text_run(self, literals: list[bytes], texts: list[str]) -> bytes | None:
+        """Texts into the open output_text part (else None: `feed` opens it), one delta event
+        each (numbered in turn) made with one formatting of a repeated template; the part's
+        text is added to when it is read."""
         message = self._open
         if not isinstance(message, _Message) or message.kind != "text":
             return None
-        if literal == b'""':
-            return b""
-        if message.delta_head is None:
-            at = self._at(message)
-            message.delta_head = (
-                b',"item_id":' + orjson.dumps(at["item_id"])
-                + b',"output_index":%d,"content_index":%d,"delta":'
-                % (at["output_index"], at["content_index"])
-            )  # fmt: skip
-        message.literals.append(literal)
-        seq, self._seq = self._seq, self._seq + 1
-        return _DELTA[0] + str(seq).encode() + message.delta_head + literal + _DELTA[1]
+        if "" in texts:  # an empty text is no event
+            literals = [lit for lit in literals if lit != b'""']
+            texts = [text for text in texts if text]
+            if not literals:
+                return b""
+        template = message.delta_template
+        if template is None:
+            at = message.at.replace(b"%", b"%%")
+            template = _DELTA[0] + b"%d," + at + b',"delta":%b' + _DELTA[1]
+            message.delta_template = template
+        message.pending += texts
+        n, seq = len(literals), self._seq
+        self._seq = seq + n
+        if n == 1:
+            return template % (seq, literals[0])
+        args: list[object] = [None] * (2 * n)
+        args[0::2] = range(seq, seq + n)
+        args[1::2] = literals
+        return (template * n) % tuple(args)
 
     def end(self) -> bytes:
-        sent = self._start(None)
+        sent = b"" if self._response is not None else self._start(None)
         reason = out.incomplete_reason(self._finish)
         sent += self._close("completed" if reason is None else "incomplete")
         response = self._live()
@@ -128,7 +153,7 @@ class ResponsesStream(DoorStream):
         response["output"] = self._output
         response["usage"] = out.usage(self._usage)
         kind = "response.completed" if reason is None else "response.incomplete"
-        return sent + self._event(kind, response=response)
+        return sent + self._raw(kind, b'"response":' + orjson.dumps(response))
 
     def fail(self, error: Mapping[str, Any]) -> bytes:
         sent = self._start(None)
@@ -147,9 +172,16 @@ class ResponsesStream(DoorStream):
     # -- the pieces
 
     def _event(self, kind: str, **fields: Any) -> bytes:
-        data = {"type": kind, "sequence_number": self._seq, **fields}
-        self._seq += 1
-        return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+        """`{"type": kind, "sequence_number": <next>, **fields}` (one field at least) as its
+        event."""
+        return self._raw(kind, orjson.dumps(fields)[1:-1])
+
+    def _raw(self, kind: str, fields: bytes) -> bytes:
+        """The event of `kind` with the next number and `fields`, as orjson writes them without
+        their braces."""
+        seq = self._seq
+        self._seq = seq + 1
+        return _HEADS[kind] + b"%d," % seq + fields + b"}\n\n"
 
     def _live(self) -> dict[str, Any]:
         assert self._response is not None
@@ -167,8 +199,16 @@ class ResponsesStream(DoorStream):
             model=model or self._model,
             status="in_progress",
         )
-        return self._event("response.created", response=self._response) + self._event(
-            "response.in_progress", response=self._response
+        body = b'"response":' + orjson.dumps(self._response) + b"}\n\n"  # the same in both
+        seq = self._seq
+        self._seq = seq + 2
+        return (
+            _HEADS["response.created"]
+            + b"%d," % seq
+            + body
+            + _HEADS["response.in_progress"]
+            + b"%d," % (seq + 1)
+            + body
         )
 
     def _text(self, kind: str, piece: str) -> bytes:
@@ -181,27 +221,28 @@ class ResponsesStream(DoorStream):
             message = _Message(n, item)
             self._output.append(item)
             self._open = message
-            sent += self._event("response.output_item.added", output_index=n, item=item)
+            sent += self._raw(
+                "response.output_item.added", b'"output_index":%d,"item":' % n + orjson.dumps(item)
+            )
         message.settle()
         if message.kind != kind:
             sent += self._close_part(message)
-            message.delta_head = None
             part = out.part(kind, "")
-            message.item["content"].append(part)
+            content = message.item["content"]
+            content.append(part)
             message.kind = kind
-            sent += self._event("response.content_part.added", **self._at(message), part=part)
+            message.at = (
+                b'"item_id":' + orjson.dumps(message.item["id"])
+                + b',"output_index":%d,"content_index":%d' % (message.index, len(content) - 1)
+            )  # fmt: skip
+            message.delta_template = None
+            body = message.at + b',"part":' + orjson.dumps(part)
+            sent += self._raw("response.content_part.added", body)
         message.item["content"][-1][_PART_FIELDS[kind]] += piece
-        extra: dict[str, Any] = {"logprobs": []} if kind == "text" else {}
-        return sent + self._event(
-            f"{_PART_EVENTS[kind]}.delta", **self._at(message), delta=piece, **extra
-        )
-
-    def _at(self, message: _Message) -> dict[str, Any]:
-        return {
-            "item_id": message.item["id"],
-            "output_index": message.index,
-            "content_index": len(message.item["content"]) - 1,
-        }
+        delta = message.at + b',"delta":' + orjson.dumps(piece)
+        if kind == "text":
+            return sent + self._raw("response.output_text.delta", delta + b',"logprobs":[]')
+        return sent + self._raw("response.refusal.delta", delta)
 
     def _close_part(self, message: _Message) -> bytes:
         message.settle()
@@ -210,11 +251,12 @@ class ResponsesStream(DoorStream):
         kind, message.kind = message.kind, None
         part = message.item["content"][-1]
         field = _PART_FIELDS[kind]
-        extra: dict[str, Any] = {"logprobs": []} if kind == "text" else {}
-        at = self._at(message)
-        return self._event(
-            f"{_PART_EVENTS[kind]}.done", **at, **{field: part[field]}, **extra
-        ) + self._event("response.content_part.done", **at, part=part)
+        done = message.at + b',"%b":' % field.encode() + orjson.dumps(part[field])
+        if kind == "text":
+            done += b',"logprobs":[]'
+        return self._raw(f"{_PART_EVENTS[kind]}.done", done) + self._raw(
+            "response.content_part.done", message.at + b',"part":' + orjson.dumps(part)
+        )
 
     def _tool(self, fragment: dict[str, Any]) -> bytes:
         sent = b""
@@ -265,9 +307,8 @@ class ResponsesStream(DoorStream):
             current.item["status"] = status
         else:
             sent = self._close_call(current, status)
-        return sent + self._event(
-            "response.output_item.done", output_index=current.index, item=current.item
-        )
+        item = b'"output_index":%d,"item":' % current.index + orjson.dumps(current.item)
+        return sent + self._raw("response.output_item.done", item)
 
     def _close_call(self, call: _Call, status: str) -> bytes:
         at = {"item_id": call.item["id"], "output_index": call.index}

@@ -38,11 +38,15 @@ class DoorStream(ABC):
     @abstractmethod
     def feed(self, chunk: Mapping[str, Any]) -> bytes: ...
 
-    def text_literal(self, literal: bytes) -> bytes | None:
-        """A chunk that carries only answer text for choice 0, given as the JSON string literal
-        it held (quotes and escapes as they came: valid JSON to copy into the door's own
-        event without decoding it): the door's bytes for it, or None to have the chunk parsed
-        and given to `feed`. By default None."""
+    def text_run(self, literals: list[bytes], texts: list[str]) -> bytes | None:
+        """Chunks in a row that are each the last chunk given to `feed` but for their text (that
+        chunk carried only answer text for choice 0: no usage, no finish, nothing else in the
+        delta) and their `obfuscation` (random text OpenAI adds to each chunk: no door reads
+        it), given at once as the JSON string literals of their texts, each as orjson writes it
+        (to copy into the door's own events as it is), and the texts: the door's bytes for all
+        of them, the same as `feed` makes of them one by one, or None to have the first one
+        parsed and given to `feed` (a door takes all or none: text never changes what it takes
+        next). By default None."""
         return None
 
     @abstractmethod
