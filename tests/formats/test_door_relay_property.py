@@ -164,15 +164,19 @@ def fed(name: str, chunks: list[dict[str, Any]], ending: str) -> bytes:
     return out + (stream.fail(ERROR) if ending == "error" else stream.end())
 
 
-def relayed(name: str, raw: bytes, cuts: list[int]) -> bytes:
+def relayed(
+    name: str, raw: bytes, cuts: list[int], kind: type[DoorRelay] = DoorRelay
+) -> tuple[bytes, DoorRelay]:
+    """The bytes read in pieces cut at `cuts` through a relay (of `kind`) of a fresh stream of
+    the door: its output, and the relay."""
     door = make(name, REQUESTS[name])
     door.chat_body()
-    relay = DoorRelay(door.streamer())
+    relay = kind(door.streamer())
     out, last = b"", 0
     for cut in [*cuts, len(raw)]:
         out += relay.feed(raw[last:cut])
         last = cut
-    return out + relay.finish()
+    return out + relay.finish(), relay
 
 
 @settings(max_examples=200, deadline=None)
@@ -182,7 +186,7 @@ def test_the_relay_gives_what_feeding_the_chunks_gives(
 ) -> None:
     chunks, ending, raw, cuts = case
     for name in REQUESTS:
-        assert relayed(name, raw, cuts) == fed(name, chunks, ending), name
+        assert relayed(name, raw, cuts)[0] == fed(name, chunks, ending), name
 
 
 class _Counted(DoorRelay):
@@ -206,14 +210,9 @@ def test_a_run_of_text_goes_to_the_door_at_once() -> None:
     raw = b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
     for name in REQUESTS:
         for cuts in ([], [i + 2 for i in range(len(raw)) if raw.startswith(b"\n\n", i)]):
-            door = make(name, REQUESTS[name])
-            door.chat_body()
-            relay = _Counted(door.streamer())
-            out, last = b"", 0
-            for cut in [*cuts, len(raw)]:
-                out += relay.feed(raw[last:cut])
-                last = cut
-            assert out + relay.finish() == fed(name, chunks, "done")
+            out, relay = relayed(name, raw, cuts, _Counted)
+            assert out == fed(name, chunks, "done")
+            assert isinstance(relay, _Counted)
             assert relay.parsed == 2, name  # the first chunk, then [DONE]
 
 

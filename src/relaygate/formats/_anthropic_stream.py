@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from relaygate.formats.base import DoorStream, reasoning_of
+from relaygate.formats.base import DoorStream, nonempty, reasoning_of
 
 _STATUS_TYPES = {
     400: "invalid_request_error",
@@ -243,10 +243,9 @@ class AnthropicStream(DoorStream):
         prefix = self._text_prefix
         if prefix is None:
             return None
-        if "" in texts:  # an empty text is no event
-            literals = [lit for lit in literals if lit != b'""']
-            if not literals:
-                return b""
+        literals, _ = nonempty(literals, texts)
+        if not literals:
+            return b""
         return prefix + (b"}}\n\n" + prefix).join(literals) + b"}}\n\n"
 
     def end(self) -> bytes:
@@ -286,12 +285,11 @@ class AnthropicStream(DoorStream):
 
     def _delta(self, delta: Mapping[str, Any]) -> bytes:
         out = b""
-        if "reasoning_content" in delta or "reasoning" in delta:
-            thinking = reasoning_of(delta)
-            if thinking:
-                block = {"type": "thinking", "thinking": "", "signature": ""}
-                out += self._open_block(("thinking", -1), block)
-                out += self._block_delta({"type": "thinking_delta", "thinking": thinking})
+        thinking = reasoning_of(delta)
+        if thinking:
+            block = {"type": "thinking", "thinking": "", "signature": ""}
+            out += self._open_block(("thinking", -1), block)
+            out += self._block_delta({"type": "thinking_delta", "thinking": thinking})
         text = delta.get("content")
         if isinstance(text, str) and text:
             prefix = self._text_prefix

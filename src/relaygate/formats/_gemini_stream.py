@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from relaygate.formats.base import DoorStream, reasoning_of
+from relaygate.formats.base import DoorStream, nonempty, reasoning_of, text_alone
 
 _FINISH = {
     "stop": "STOP",
@@ -174,20 +174,6 @@ def error_event(error: Mapping[str, Any]) -> bytes:
 _TEXT_HEAD = b'data: {"candidates":[{"content":{"role":"model","parts":[{"text":'
 
 
-def _text_alone(choices: Any) -> str | None:
-    """The text of a chunk's choices when they are answer text alone for candidate 0."""
-    if type(choices) is not list or len(choices) != 1 or type(choices[0]) is not dict:
-        return None
-    choice = choices[0]
-    index, delta = choice.get("index", 0), choice.get("delta")
-    if type(index) is not int or index != 0 or choice.get("finish_reason") is not None:
-        return None
-    if type(delta) is not dict or len(delta) != 1:
-        return None
-    text = delta.get("content")
-    return text if type(text) is str else None
-
-
 class GeminiStream(DoorStream):
     """The core's chunks -> Gemini's SSE events. The last event is sent when the usage chunk
     (`choices: []`) arrives, or at `end` when none came."""
@@ -212,7 +198,7 @@ class GeminiStream(DoorStream):
             tail = {"modelVersion": self._model, "responseId": self._id}
             self._tail = b'}]},"index":0}],' + orjson.dumps(tail)[1:] + b"\n\n"
         choices = chunk.get("choices")
-        text = _text_alone(choices) if chunk.get("usage") is None else None
+        text = text_alone(chunk)
         if text is not None:  # the common chunk, without the dicts of an event
             self._seen.setdefault(0, None)
             return _TEXT_HEAD + orjson.dumps(text) + self._tail if text else b""
@@ -235,10 +221,9 @@ class GeminiStream(DoorStream):
         if self._done or not self._tail:
             return None
         self._seen.setdefault(0, None)
-        if "" in texts:  # an empty text is no event
-            literals = [lit for lit in literals if lit != b'""']
-            if not literals:
-                return b""
+        literals, _ = nonempty(literals, texts)
+        if not literals:
+            return b""
         return _TEXT_HEAD + (self._tail + _TEXT_HEAD).join(literals) + self._tail
 
     def end(self) -> bytes:

@@ -28,7 +28,7 @@ import orjson
 
 from relaygate.formats import _responses_output as out
 from relaygate.formats._responses_tools import ToolMap, ToolRef
-from relaygate.formats.base import DoorStream
+from relaygate.formats.base import DoorStream, nonempty
 
 NewId = Callable[[str, int | None], str]
 _PART_EVENTS = {"text": "response.output_text", "refusal": "response.refusal"}
@@ -124,11 +124,9 @@ class ResponsesStream(DoorStream):
         message = self._open
         if not isinstance(message, _Message) or message.kind != "text":
             return None
-        if "" in texts:  # an empty text is no event
-            literals = [lit for lit in literals if lit != b'""']
-            texts = [text for text in texts if text]
-            if not literals:
-                return b""
+        literals, texts = nonempty(literals, texts)
+        if not literals:
+            return b""
         template = message.delta_template
         if template is None:
             at = message.at.replace(b"%", b"%%")

@@ -10,7 +10,7 @@ what a budget reserves for it."""
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from relaygate.errors import InvalidRequest
@@ -46,22 +46,30 @@ def form_model(fields: list[tuple[str, str]]) -> str:
     return model
 
 
+def _chunks(head: bytes) -> Iterator[tuple[bytes, int, int]]:
+    """A RIFF/WAVE file's chunks in its first bytes: (kind, where the chunk starts, its size);
+    none for another format."""
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return
+    at = 12
+    while at + 8 <= len(head):
+        size = struct.unpack_from("<I", head, at + 4)[0]
+        yield head[at : at + 4], at, size
+        at += 8 + size + (size & 1)
+
+
 def wav_seconds(head: bytes) -> float | None:
     """The length in seconds of a RIFF/WAVE file from its first bytes: the data chunk's size
     over the fmt chunk's byte rate. None for another format or a header it cannot read (a data
     size of 0 or 0xFFFFFFFF, as a streamed recorder writes it, included)."""
-    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-        return None
-    at, byte_rate = 12, 0
-    while at + 8 <= len(head):
-        kind, size = head[at : at + 4], struct.unpack_from("<I", head, at + 4)[0]
+    byte_rate = 0
+    for kind, at, size in _chunks(head):
         if kind == b"fmt " and at + 16 <= len(head):
             byte_rate = struct.unpack_from("<I", head, at + 16)[0]
         elif kind == b"data":
             if not byte_rate or size in (0, 0xFFFFFFFF):
                 return None
             return float(size) / byte_rate
-        at += 8 + size + (size & 1)
     return None
 
 
@@ -77,17 +85,12 @@ def most_seconds(head: bytes, size: int) -> float:
 
 def _frame_rate(head: bytes) -> int | None:
     """Bytes a second of an uncompressed WAV's samples (sample rate x block align), else None."""
-    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-        return None
-    at = 12
-    while at + 8 <= len(head):
-        kind, size = head[at : at + 4], struct.unpack_from("<I", head, at + 4)[0]
+    for kind, at, _ in _chunks(head):
         if kind == b"fmt ":
             if at + 22 > len(head):
                 return None
             tag, _, rate, _, align = struct.unpack_from("<HHIIH", head, at + 8)
             return rate * align if tag in _UNCOMPRESSED and rate and align else None
-        at += 8 + size + (size & 1)
     return None
 
 

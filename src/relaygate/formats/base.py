@@ -137,6 +137,32 @@ class Door(ABC):
         return f"{prefix}_{core}" if n is None else f"{prefix}_{core}_{n}"
 
 
+def text_alone(chunk: Mapping[str, Any]) -> str | None:
+    """The text of a core chunk that carries answer text alone for choice 0 (one choice, index
+    0, no finish, a delta of `content` only, no usage); None for any other chunk."""
+    if type(chunk) is not dict or chunk.get("usage") is not None:
+        return None
+    choices = chunk.get("choices")
+    if type(choices) is not list or len(choices) != 1 or type(choices[0]) is not dict:
+        return None
+    choice = choices[0]
+    index, delta = choice.get("index", 0), choice.get("delta")
+    if type(index) is not int or index != 0 or choice.get("finish_reason") is not None:
+        return None
+    if type(delta) is not dict or len(delta) != 1:
+        return None
+    text = delta.get("content")
+    return text if type(text) is str else None
+
+
+def nonempty(literals: list[bytes], texts: list[str]) -> tuple[list[bytes], list[str]]:
+    """A run's literals and texts (DoorStream.text_run) without its empty texts: an empty text
+    is no event in any door."""
+    if "" not in texts:
+        return literals, texts
+    return [lit for lit in literals if lit != b'""'], [text for text in texts if text]
+
+
 def reasoning_of(message: Mapping[str, Any]) -> str:
     """The reasoning text of a core chat message or delta (`reasoning_content`, or `reasoning`
     as some OpenAI-compatible upstreams name it); empty when there is none."""

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from operator import itemgetter
+from typing import Any
 
 import orjson
+
+from relaygate.formats.base import text_alone
 
 CONTENT = b'"delta":{"content":'
 _INDENT = orjson.OPT_INDENT_2
@@ -35,23 +38,12 @@ class Shape:
     mid: bytes | None = None
 
 
-def learn(block: bytes, at: int, chunk: object) -> Shape | None:
+def learn(block: bytes, at: int, chunk: Any) -> Shape | None:
     """The shape of a chunk parsed from `block` (`at`: where `"delta":{"content":` is in it)
     when the chunk is answer text alone for choice 0 (no usage, no finish, nothing else in the
     delta) on one `data:` line, with its literals as orjson writes them."""
-    if type(chunk) is not dict or chunk.get("usage") is not None:
-        return None
-    choices = chunk.get("choices")
-    if type(choices) is not list or len(choices) != 1:
-        return None
-    choice = choices[0]
-    if type(choice) is not dict or choice.get("finish_reason") is not None:
-        return None
-    index, delta = choice.get("index", 0), choice.get("delta")
-    if type(index) is not int or index != 0 or type(delta) is not dict or len(delta) != 1:
-        return None
-    text = delta.get("content")
-    if type(text) is not str or not block.startswith(b"data: ") or b"\n" in block:
+    text = text_alone(chunk)
+    if text is None or not block.startswith(b"data: ") or b"\n" in block:
         return None
     literal = orjson.dumps(text)
     at += len(CONTENT)
