@@ -45,6 +45,15 @@ LIBRARY_TARGET, H2_TARGET = "relaygate-library", "relaygate-h2"
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
 
+def _goal_lines(rows: list[tuple[str, str, bool | None]]) -> list[str]:
+    """A goals table: each goal, what was measured, and met / **not met** (n/a: no figure)."""
+    lines = ["| goal | measured | met |", "|---|---|---|"]
+    for goal, measured, ok in rows:
+        verdict = "n/a" if ok is None else ("met" if ok else "**not met**")
+        lines.append(f"| {goal} | {measured} | {verdict} |")
+    return lines
+
+
 def _med(runs: list[dict[str, Any]], key: str) -> float | None:
     vals = [r[key] for r in runs if isinstance(r.get(key), (int, float))]
     return statistics.median(vals) if vals else None
@@ -170,10 +179,7 @@ def goals(fg: Figures) -> list[str]:
         ),
         ("import relaygate < 300 ms", _f(imp, "{:.0f} ms"), _ok(imp, "<", 300)),
     ]
-    lines = ["| goal | measured | met |", "|---|---|---|"]
-    for goal, measured, ok in rows:
-        verdict = "n/a" if ok is None else ("met" if ok else "**not met**")
-        lines.append(f"| {goal} | {measured} | {verdict} |")
+    lines = _goal_lines(rows)
     return lines
 
 
@@ -213,10 +219,7 @@ def goals_state_seam(fg: Figures) -> list[str]:
             _ok(red, ">=", 0.6),
         )
     )
-    lines = ["| goal | measured | met |", "|---|---|---|"]
-    for goal, measured, ok in rows:
-        verdict = "n/a" if ok is None else ("met" if ok else "**not met**")
-        lines.append(f"| {goal} | {measured} | {verdict} |")
+    lines = _goal_lines(rows)
     lines += [
         "",
         "S1 side by side (medians of this run; x minimal = req/s over the minimal relay's):",
@@ -300,10 +303,7 @@ def goals_doors(fg: Figures) -> list[str]:
                 None if s1 is None or before is None else s1 >= before,
             )
         )
-    lines = ["| goal | measured | met |", "|---|---|---|"]
-    for goal, measured, ok in rows:
-        verdict = "n/a" if ok is None else ("met" if ok else "**not met**")
-        lines.append(f"| {goal} | {measured} | {verdict} |")
+    lines = _goal_lines(rows)
     intro = "The doors beside the chat route (in-memory relaygate, medians):"
     return [*lines, "", intro, "", *table]
 
@@ -342,10 +342,7 @@ def goals_issue14(fg: Figures) -> list[str]:
         ),
         ("no errors in C0, C1, E1", str(errors), errors == 0),
     ]
-    lines = ["| goal | measured | met |", "|---|---|---|"]
-    for goal, measured, ok in rows:
-        verdict = "n/a" if ok is None else ("met" if ok else "**not met**")
-        lines.append(f"| {goal} | {measured} | {verdict} |")
+    lines = _goal_lines(rows)
     return lines
 
 
@@ -455,10 +452,7 @@ def goals_transport(fg: Figures) -> list[str]:
             else (set(all_versions) == {"2"} and s4_versions.get("2", 0) >= s4_done > 0),
         )
     )
-    lines = ["| goal | measured | met |", "|---|---|---|"]
-    for goal, measured, ok in rows:
-        verdict = "n/a" if ok is None else ("met" if ok else "**not met**")
-        lines.append(f"| {goal} | {measured} | {verdict} |")
+    lines = _goal_lines(rows)
     lines += [
         "",
         "The transports side by side (medians; S4: TTFB p50 the median of the runs' p50s, "
